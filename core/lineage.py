@@ -1,0 +1,80 @@
+"""The trail from data to answer: which dataset version fed which run, which run made which export.
+
+Reads only what each job wrote into its own folder:
+  datasets/<v>/manifest.json  -> parent ({"source": ...} or {"version": ...})
+  runs/<r>/config.yaml        -> base_model, dataset   ; runs/<r>/status.json -> state
+  exports/<e>/export.json     -> source: {run, checkpoint, dataset, base_model}, files
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from core import jobs, versions
+from core.paths import exports_dir, listed, models_dir, read_json, runs_dir
+
+
+def _yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (FileNotFoundError, yaml.YAMLError):
+        return {}
+
+
+def list_runs() -> list[dict]:
+    out = []
+    for folder in listed(runs_dir()):
+        cfg = _yaml(folder / "config.yaml")
+        status = jobs.read_status(folder)
+        out.append({"run": folder.name, "path": str(folder), "base_model": cfg.get("base_model"),
+                    "dataset": cfg.get("dataset"), "state": status.get("state", "unknown"),
+                    "step": status.get("step"), "total": status.get("total")})
+    return out
+
+
+def list_exports() -> list[dict]:
+    out = []
+    for folder in listed(exports_dir()):
+        info = read_json(folder / "export.json", default={}) or {}
+        src = info.get("source", {})
+        out.append({"export": folder.name, "path": str(folder), "run": src.get("run"),
+                    "checkpoint": src.get("checkpoint"), "dataset": src.get("dataset"),
+                    "base_model": src.get("base_model"),
+                    "files": [Path(f).name for f in info.get("files", [])] or sorted(p.name for p in folder.glob("*.gguf")),
+                    "state": jobs.read_status(folder).get("state", info.get("state", "unknown"))})
+    return out
+
+
+def list_local_models() -> list[str]:
+    return [p.name for p in listed(models_dir()) if (p / "config.json").exists()]
+
+
+def summary() -> dict:
+    return {"datasets": versions.list_versions(), "runs": list_runs(), "exports": list_exports(),
+            "models": list_local_models()}
+
+
+def graph_edges(s: dict | None = None) -> list[tuple[str, str]]:
+    """(from, to) edges with typed node names: 'source:x' → 'dataset:v' → 'run:r' → 'export:e'."""
+    s = s or summary()
+    edges = []
+    for m in s["datasets"]:
+        parent = m.get("parent") or {}
+        if parent.get("version"):
+            edges.append((f"dataset:{parent['version']}", f"dataset:{m['name']}"))
+        for v in parent.get("versions", []) or []:
+            edges.append((f"dataset:{v}", f"dataset:{m['name']}"))
+        if parent.get("source"):
+            edges.append((f"source:{parent['source']}", f"dataset:{m['name']}"))
+    for r in s["runs"]:
+        if r["base_model"]:
+            edges.append((f"model:{r['base_model']}", f"run:{r['run']}"))
+        if r["dataset"]:
+            edges.append((f"dataset:{r['dataset']}", f"run:{r['run']}"))
+    for e in s["exports"]:
+        if e["run"]:
+            edges.append((f"run:{e['run']}", f"export:{e['export']}"))
+        elif e["base_model"]:
+            edges.append((f"model:{e['base_model']}", f"export:{e['export']}"))
+    return edges

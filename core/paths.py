@@ -1,0 +1,149 @@
+"""Where every user artifact lives: one root, `IRIS_HOME` (default `./workspace`).
+
+    IRIS_HOME/
+      datasets/<version>/     immutable dataset versions (train.parquet, eval.parquet, recipe.yaml, manifest.json)
+      runs/<run>/             training runs (config.yaml, status.json, metrics.jsonl, train.log, checkpoints/)
+      exports/<export>/       GGUF exports (*.gguf, export.json, report.json)
+      models/<name>/          base models materialised as transformers checkpoints
+      transcripts/            saved chats (JSON)
+      evals/<plan>/           evaluation plans, answers and scores
+      uploads/                files uploaded through the UI
+
+This module owns those paths and the small atomic-write helpers every writer uses, so a crash never
+leaves a half-written file that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from core.errors import IrisError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SUBDIRS = ("datasets", "runs", "exports", "models", "transcripts", "evals", "uploads")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def iris_home() -> Path:
+    """The workspace root; created on first use. Read from the environment each call (tests change it)."""
+    home = Path(os.environ.get("IRIS_HOME") or REPO_ROOT / "workspace").expanduser().resolve()
+    for sub in SUBDIRS:
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def datasets_dir() -> Path:
+    return iris_home() / "datasets"
+
+
+def runs_dir() -> Path:
+    return iris_home() / "runs"
+
+
+def exports_dir() -> Path:
+    return iris_home() / "exports"
+
+
+def models_dir() -> Path:
+    return iris_home() / "models"
+
+
+def transcripts_dir() -> Path:
+    return iris_home() / "transcripts"
+
+
+def evals_dir() -> Path:
+    return iris_home() / "evals"
+
+
+def uploads_dir() -> Path:
+    return iris_home() / "uploads"
+
+
+def cache_dir() -> Path:
+    """Downloaded tools (llama.cpp's converter) live outside git and outside the workspace."""
+    path = Path(os.environ.get("IRIS_CACHE") or Path.home() / ".cache" / "iris")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Names become folder names: letters, digits, '.', '_' and '-' only, at most 100 characters."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
+        raise IrisError(
+            f"{what} {name!r} is not usable: use letters, digits, '.', '_' or '-' "
+            "(start with a letter or digit, at most 100 characters)."
+        )
+    return name
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a temporary file in the same folder, fsync, then rename over `path`."""
+    write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read JSON; a missing or torn file gives `default` (writers are atomic, so torn means foreign)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder under a hidden temporary name and rename it into place only if the block succeeds.
+
+    A failure (or a kill) leaves at most a `.tmp-*` folder, which listings ignore, and never a
+    partial `final`. Existing folders are refused unless `overwrite`.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise IrisError(f"{final.name} already exists in {final.parent}: choose another name.")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    try:
+        yield tmp
+        if final.exists() and overwrite:
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def listed(folder: Path) -> list[Path]:
+    """Visible sub-folders (hidden temporaries excluded), newest first."""
+    if not folder.exists():
+        return []
+    items = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(items, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def free_disk_bytes(path: Path) -> int:
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free

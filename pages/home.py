@@ -1,0 +1,45 @@
+"""Home: what is in the workspace, as a trail from data to answer."""
+import pandas as pd
+import streamlit as st
+
+from core import lineage
+from core.paths import iris_home
+
+st.title("🪻 Iris")
+st.caption("From an instruction dataset to a fine-tuned chat model you can talk to on a CPU.")
+st.markdown(
+    "**Data** → load, filter and version a dataset · **Augment** → mix in generated math/logic/code · "
+    "**Train** → LoRA runs you can stop and resume · **Export** → GGUF q4_k_m / q8_0 / f16 · "
+    "**Chat** → talk to any version side by side · **Evaluate** → score them the way the lab did."
+)
+st.caption(f"Workspace: `{iris_home()}` (set `IRIS_HOME` to move it)")
+
+s = lineage.summary()
+cols = st.columns(4)
+cols[0].metric("Dataset versions", len(s["datasets"]))
+cols[1].metric("Training runs", len(s["runs"]))
+cols[2].metric("Exports", len(s["exports"]))
+cols[3].metric("Local models", len(s["models"]))
+
+st.subheader("Lineage")
+edges = lineage.graph_edges(s)
+if edges:
+    lines = ["digraph { rankdir=LR; node [shape=box, style=rounded, fontsize=10];"]
+    for a, b in edges:
+        lines.append(f'"{a}" -> "{b}";')
+    st.graphviz_chart("\n".join(lines) + "}")
+else:
+    st.info("Nothing yet: start on the **Data** page by loading the bundled sample or a hub dataset.")
+
+if s["datasets"]:
+    st.subheader("Dataset versions")
+    st.dataframe(pd.DataFrame([{"version": m["name"], "kind": m.get("kind"), "from": m.get("parent"),
+                                "train rows": m["rows"]["train"], "eval rows": m["rows"]["eval"],
+                                "created": m.get("created")} for m in s["datasets"]]),
+                 hide_index=True, width="stretch")
+if s["runs"]:
+    st.subheader("Training runs")
+    st.dataframe(pd.DataFrame(s["runs"]).drop(columns=["path"]), hide_index=True, width="stretch")
+if s["exports"]:
+    st.subheader("Exports")
+    st.dataframe(pd.DataFrame(s["exports"]).drop(columns=["path"]), hide_index=True, width="stretch")

@@ -1,0 +1,58 @@
+"""Shared fixtures: a fresh IRIS_HOME per test, with the embedded model materialised once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("iris_session_home")
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir(session_home) -> Path:
+    """The embedded SmolLM2 as a transformers folder, materialised once (≈1 min) for the whole session."""
+    old = os.environ.get("IRIS_HOME")
+    os.environ["IRIS_HOME"] = str(session_home)
+    try:
+        from core import models
+
+        return models.materialise_embedded()
+    finally:
+        if old is None:
+            os.environ.pop("IRIS_HOME", None)
+        else:
+            os.environ["IRIS_HOME"] = old
+
+
+@pytest.fixture(autouse=True)
+def iris_home(tmp_path, monkeypatch, request) -> Path:
+    """Every test gets an empty workspace. Tests that need the embedded model ask for `embedded_model_dir`
+    (or `home_with_model`), which links the session's materialised copy in."""
+    home = tmp_path / "iris_home"
+    monkeypatch.setenv("IRIS_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def home_with_model(iris_home, embedded_model_dir) -> Path:
+    from core.paths import models_dir
+
+    link = models_dir() / embedded_model_dir.name
+    if not link.exists():
+        link.symlink_to(embedded_model_dir, target_is_directory=True)
+    return iris_home
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with the real Llama-3 tokenizer and chat template."""
+    from tests.helpers import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama3") / "model", tokenizer="llama-3")
