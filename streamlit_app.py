@@ -5,15 +5,15 @@ This file only routes; every page lives in pages/ and every piece of logic in co
 """
 import streamlit as st
 
-st.set_page_config(page_title="Iris", page_icon="🪻", layout="wide")
+st.set_page_config(page_title="Iris", page_icon=":material/local_florist:", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/data.py", title="Data", icon="🗂️"),
-    st.Page("pages/augment.py", title="Augment", icon="➕"),
-    st.Page("pages/train.py", title="Train", icon="🏋️"),
-    st.Page("pages/export.py", title="Export", icon="📦"),
-    st.Page("pages/chat.py", title="Chat", icon="💬"),
-    st.Page("pages/evaluate.py", title="Evaluate", icon="📊"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/table_view:"),
+    st.Page("pages/augment.py", title="Augment", icon=":material/library_add:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/export.py", title="Export", icon=":material/deployed_code:"),
+    st.Page("pages/chat.py", title="Chat", icon=":material/chat:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
 ]
 st.navigation(pages).run()

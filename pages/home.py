@@ -5,7 +5,7 @@ import streamlit as st
 from core import lineage
 from core.paths import iris_home
 
-st.title("🪻 Iris")
+st.title("Iris")
 st.caption("From an instruction dataset to a fine-tuned chat model you can talk to on a CPU.")
 st.markdown(
     "**Data** → load, filter and version a dataset · **Augment** → mix in generated math/logic/code · "

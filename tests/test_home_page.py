@@ -7,7 +7,7 @@ from core import versions
 def test_home_renders_empty_workspace():
     at = AppTest.from_file("../streamlit_app.py", default_timeout=60).run()
     assert not at.exception
-    assert at.title[0].value.endswith("Iris")
+    assert at.title[0].value == "Iris"
     assert any("Nothing yet" in i.value for i in at.info)
 
 
