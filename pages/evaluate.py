@@ -1,5 +1,145 @@
-"""Evaluate page (being built): run question sets across model versions, score answers on the lab's 20-point rubric, and chart quality against speed."""
+"""Evaluate: question sets, evaluation plans run as jobs, blind rubric scoring, results and quality vs speed."""
 import streamlit as st
 
+from core import evaluate, inference, jobs, questions, scoring, versions
+from core.errors import IrisError
+
 st.title("Evaluate")
-st.info("This page is being built. It will run question sets across model versions, score answers on the lab's 20-point rubric, and chart quality against speed.")
+st.caption("Ask every model the same questions, score the answers blind on the lab's 20-point rubric, "
+           "and weigh quality against CPU speed and size.")
+t_questions, t_plan, t_score, t_results = st.tabs(["Question sets", "Plan & run", "Score (blind)", "Results"])
+
+with t_questions:
+    sets = questions.list_sets()
+    name = st.selectbox("Question set", sets + ["(new set)"], key="qs_pick")
+    new = name == "(new set)"
+    if new:
+        name = st.text_input("New set name", "my_questions")
+    path = None if new else questions.set_path(name)
+    fmt = "jsonl" if path is not None and path.suffix == ".jsonl" else "yaml"
+    starter = "questions:\n  - id: q1\n    question: ...\n    reference: ...\n"
+    text = st.text_area(f"{name}.{fmt} (each question needs id, question, reference)",
+                        starter if path is None else path.read_text(encoding="utf-8"), height=320, key=f"qs_text_{name}")
+    if st.button("Save question set", key="qs_save"):
+        try:
+            saved = questions.save_set(name, text, fmt)
+            st.success(f"Saved {len(saved.questions)} questions to {saved.path}.")
+        except IrisError as err:
+            st.error(str(err))
+
+with t_plan:
+    models = {m.id: m.label for m in inference.list_chat_models()}
+    eval_sets = [""] + [v["name"] for v in versions.list_versions() if v["rows"]["eval"]]
+    with st.form("plan"):
+        plan_name = st.text_input("Plan name", "boolean-logic")
+        chosen = st.multiselect("Models", list(models), default=list(models)[:1], format_func=models.get)
+        settings = st.multiselect("Decoding settings", list(inference.PRESETS), default=["A"],
+                                  help="A: temperature 0.2 / top-p 0.7 (focused); B: 0.7 / 0.9 (more varied)")
+        c1, c2, c3 = st.columns(3)
+        qset = c1.selectbox("Question set", questions.list_sets())
+        max_new = c2.number_input("Max new tokens", 1, 4096, 256)
+        seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
+        heldout = st.selectbox("Held-out loss on (optional)", eval_sets, format_func=lambda v: v or "(none)")
+        judge = st.selectbox("Automatic judge (optional GGUF)", [""] + [i for i in models if i == "smollm2-135m-instruct"
+                             or i.endswith(".gguf")], format_func=lambda v: models.get(v, "(none)"))
+        submitted = st.form_submit_button("Save and run")
+    if submitted:
+        try:
+            plan = evaluate.EvalPlan(name=plan_name, models=chosen, settings=settings, question_set=qset,
+                                     seed=int(seed), max_new_tokens=int(max_new), heldout_dataset=heldout,
+                                     judge_model=judge)
+            cells, _ = evaluate.expand(plan)
+            evaluate.launch(plan)
+            st.session_state["eval_plan"] = plan.name
+            st.success(f"Started {plan.name}: {len(cells)} answers to produce (already produced ones are kept).")
+        except IrisError as err:
+            st.error(str(err))
+
+    @st.fragment(run_every=2)
+    def progress() -> None:
+        plans = evaluate.list_plans()
+        if not plans:
+            st.info("No plans yet.")
+            return
+        current = st.session_state.get("eval_plan")
+        pick = st.selectbox("Plan", plans, index=plans.index(current) if current in plans else 0, key="run_pick")
+        folder = evaluate.plan_dir(pick)
+        status = jobs.read_status(folder)
+        state, step, total = status.get("state", "not started"), status.get("step") or 0, status.get("total") or 0
+        st.progress(step / total if total else 0.0, text=f"{state} · {step}/{total} answers · {status.get('message', '')}")
+        if status.get("error"):
+            st.error(status["error"])
+        b1, b2 = st.columns(2)
+        if state in jobs.ACTIVE and b1.button("Stop", key="run_stop"):
+            jobs.request_stop(folder)
+        if state not in jobs.ACTIVE and b2.button("Resume / rerun", key="run_resume"):
+            try:
+                evaluate.launch(evaluate.load_plan(pick))
+            except IrisError as err:
+                st.error(str(err))
+        with st.expander("Log"):
+            st.code(jobs.tail(folder / jobs.LOG) or "(empty)")
+
+    progress()
+
+with t_score:
+    plans = evaluate.list_plans()
+    if not plans:
+        st.info("Run a plan first.")
+    else:
+        pick = st.selectbox("Plan to score", plans, key="score_plan")
+        folder = evaluate.plan_dir(pick)
+        rater = st.text_input("Your name (scores are kept per rater)", key="rater")
+        if "blind_seed" not in st.session_state:
+            st.session_state["blind_seed"] = scoring.new_session_seed()
+        answers = evaluate.read_answers(folder)
+        try:
+            qset = questions.load_set(evaluate.load_plan(pick).question_set)
+        except IrisError as err:
+            st.error(str(err))
+            st.stop()
+        done, total = scoring.progress(folder, rater)
+        st.progress(done / total if total else 0.0, text=f"You scored {done} of {total} answers")
+        q = st.selectbox("Question", qset.questions, format_func=lambda q: f"{q.id}: {q.question}", key="score_q")
+        queue = scoring.blind_queue(answers, q.id, st.session_state["blind_seed"])
+        if not queue:
+            st.info("No answers to this question yet.")
+        else:
+            mine = scoring.scored_ids(folder, rater)
+            todo = [a for a in queue if a["answer_id"] not in mine] or queue
+            ans = scoring.blind_view(todo[0])
+            st.markdown(f"**Answer {queue.index(todo[0]) + 1} of {len(queue)}** (model hidden)")
+            st.info(ans["text"] or "(empty answer)")
+            with st.form(f"score_{ans['answer_id']}"):
+                values = {c: st.slider(c.capitalize(), 1, 5, 3, help=scoring.CRITERIA_HELP[c]) for c in scoring.CRITERIA}
+                notes = st.text_area("Notes")
+                if st.form_submit_button("Save score"):
+                    try:
+                        rec = scoring.save_score(folder, ans["answer_id"], values, notes, rater)
+                        st.success(f"Saved: {rec['total']}/20.")
+                        st.rerun()
+                    except IrisError as err:
+                        st.error(str(err))
+            with st.expander("Reference answer (look after scoring)"):
+                st.write(q.reference)
+
+with t_results:
+    plans = evaluate.list_plans()
+    if plans:
+        pick = st.selectbox("Plan", plans, key="results_plan")
+        folder = evaluate.plan_dir(pick)
+        table = scoring.results_table(folder)
+        if table.empty:
+            st.info("No answers yet.")
+        else:
+            st.dataframe(table, hide_index=True, width="stretch")
+            st.plotly_chart(scoring.score_chart(table), key="score_chart")
+            c1, c2 = st.columns(2)
+            quality = c1.selectbox("Quality", list(scoring.QUALITY), format_func=scoring.QUALITY.get)
+            efficiency = c2.selectbox("Efficiency", list(scoring.EFFICIENCY), format_func=scoring.EFFICIENCY.get)
+            try:
+                st.plotly_chart(scoring.quality_efficiency_chart(table, quality, efficiency), key="qe_chart")
+            except IrisError as err:
+                st.info(str(err))
+            st.download_button("Download answers + scores (CSV)", scoring.export_csv(folder),
+                               file_name=f"{pick}-answers.csv", mime="text/csv")

@@ -1,0 +1,243 @@
+"""Evaluate: question sets, plan expansion, blind scoring that maps back, results/CSV, held-out perplexity."""
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+
+from core import evaluate, questions, scoring
+from core.errors import IrisError
+from core.evaluate import Cell, EvalPlan
+
+
+def test_lab_question_set_ships_and_is_valid():
+    assert "boolean_logic" in questions.list_sets()
+    qset = questions.load_set("boolean_logic")
+    assert [q.id for q in qset.questions] == ["q1-operator", "q2-and-or", "q3-not", "q4-and-range", "q5-or-student"]
+    assert "x > 3 && x < 10" in qset.questions[3].question and "age < 18 || isStudent" in qset.questions[4].question
+    assert all(len(q.reference) > 80 for q in qset.questions)
+
+
+@pytest.mark.parametrize("text, fmt, needle", [
+    ("questions:\n  - id: a\n    question: Why?\n", "yaml", "`reference`"),
+    ("questions:\n  - question: Why?\n    reference: Because.\n", "yaml", "`id`"),
+    ('{"id": "a", "reference": "r"}\n', "jsonl", "`question`"),
+    ("questions: []\n", "yaml", "no questions"),
+    ('{"id": "a", "question": "q", "reference": "r", "answer": "x"}\n', "jsonl", "unknown field"),
+    ("questions:\n  - {id: a, question: q, reference: r}\n  - {id: a, question: q2, reference: r2}\n", "yaml", "twice"),
+    ("questions: [unclosed\n", "yaml", "not valid YAML"),
+])
+def test_bad_question_sets_name_the_problem(text, fmt, needle):
+    with pytest.raises(IrisError, match=needle):
+        questions.save_set("bad", text, fmt)
+    assert "bad" not in questions.list_sets()  # nothing half-written
+
+
+def test_question_set_jsonl_round_trip_replaces_yaml():
+    questions.save_set("mine", "questions:\n  - {id: a, question: q, reference: r}\n", "yaml")
+    questions.save_set("mine", '{"id": "b", "question": "q2", "reference": "r2", "topic": "t"}\n', "jsonl")
+    qset = questions.load_set("mine")
+    assert [(q.id, q.topic) for q in qset.questions] == [("b", "t")]
+    assert qset.path.suffix == ".jsonl" and not (questions.questions_dir() / "mine.yaml").exists()
+
+
+def test_plan_yaml_round_trip_and_expansion():
+    from core.config import from_yaml, to_yaml
+
+    plan = EvalPlan(name="p", models=["smollm2-135m-instruct"], settings=["A", "B", "greedy"],
+                    custom_settings={"greedy": {"temperature": 0.0}}, max_new_tokens=8, seed=3)
+    assert from_yaml(EvalPlan, to_yaml(plan)) == plan
+    cells, qset = evaluate.expand(plan)
+    assert len(cells) == 1 * 3 * 5 and len({c.key for c in cells}) == 15
+    assert cells[0] == Cell("smollm2-135m-instruct", "A", "q1-operator")
+    greedy = evaluate.decoding(plan, "greedy")
+    assert (greedy.temperature, greedy.max_new_tokens, greedy.seed) == (0.0, 8, 3)
+    b = evaluate.decoding(plan, "B")
+    assert (b.temperature, b.top_p, b.max_new_tokens) == (0.7, 0.9, 8)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(models=[], settings=["A"]), "zero cells"),
+    (dict(models=["smollm2-135m-instruct"], settings=[]), "zero cells"),
+    (dict(models=["export:gone/model-q4_k_m.gguf"]), "no longer exist"),
+    (dict(models=["smollm2-135m-instruct"], settings=["Z"]), "neither a preset"),
+    (dict(models=["smollm2-135m-instruct"], question_set="nope"), "does not exist"),
+])
+def test_bad_plans_give_one_clear_message(kwargs, needle):
+    with pytest.raises(IrisError, match=needle):
+        evaluate.expand(EvalPlan(name="bad", **kwargs))
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(name="../x"), "not usable"),
+    (dict(name="p", models=["a", "a"]), "twice"),
+    (dict(name="p", max_new_tokens=0), "max_new_tokens"),
+    (dict(name="p", custom_settings={"x": {"temprature": 1}}), "unknown field"),
+])
+def test_bad_plan_fields(kwargs, needle):
+    with pytest.raises(IrisError, match=needle):
+        EvalPlan(**kwargs)
+
+
+def test_cli_reports_a_gone_model(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "plan.yaml"
+    path.write_text("name: gone\nmodels: [run:deleted-run]\n")
+    proc = subprocess.run([sys.executable, "-m", "core.evaluate", str(path)], capture_output=True, text=True,
+                          cwd=evaluate.__file__.rsplit("/core/", 1)[0])
+    assert proc.returncode == 2 and "run:deleted-run no longer exist" in proc.stderr
+    from core import jobs
+
+    assert jobs.read_status(evaluate.plan_dir("gone"))["state"] == "failed"
+
+
+def fake_answers(folder, models=("m-small", "m-big"), settings=("A",)):
+    """answers.jsonl lines as the job writes them (text names the model so the test can check the join)."""
+    for model in models:
+        for setting in settings:
+            for q in questions.load_set("boolean_logic").questions:
+                cell = Cell(model, setting, q.id)
+                evaluate.append_jsonl(folder / evaluate.ANSWERS, {
+                    "answer_id": cell.answer_id, "key": cell.key, "plan": folder.name, "model": model,
+                    "model_label": model.upper(), "model_kind": "gguf", "model_path": f"/x/{model}.gguf",
+                    "file_bytes": 2**20 * (100 if model == "m-small" else 300), "lineage": {"run": model},
+                    "setting": setting, "settings": {"temperature": 0.2}, "question_id": q.id,
+                    "question": q.question, "text": f"answer by {model}/{setting} to {q.id}", "words": 5,
+                    "completion_tokens": 7, "gen_tok_s": 30.0 if model == "m-small" else 10.0, "rss_mb": 400.0})
+
+
+def test_blind_order_is_shuffled_but_scores_map_back():
+    folder = evaluate.plan_dir("blind")
+    fake_answers(folder, models=[f"model-{i}" for i in range(6)])
+    answers = evaluate.read_answers(folder)
+    orders = {tuple(a["model"] for a in scoring.blind_queue(answers, "q1-operator", seed)) for seed in range(20)}
+    assert len(orders) > 10  # different sessions see different orders
+    q1 = scoring.blind_queue(answers, "q1-operator", 7)
+    assert [a["answer_id"] for a in q1] == [a["answer_id"] for a in scoring.blind_queue(answers, "q1-operator", 7)]
+    assert {a["question_id"] for a in q1} == {"q1-operator"} and len(q1) == 6
+    assert set(scoring.blind_view(q1[0])) == {"answer_id", "text"}
+    # Score by position in the blind order: the 1st shown gets 5s, the 2nd 1s...
+    for points, ans in zip([5, 1, 3, 2, 4, 5], q1):
+        scoring.save_score(folder, ans["answer_id"], {c: points for c in scoring.CRITERIA}, notes=f"p{points}")
+    by_model = {a["model"]: points for points, a in zip([5, 1, 3, 2, 4, 5], q1)}
+    frame = scoring.answers_frame(folder).dropna(subset=["total"])
+    assert len(frame) == 6
+    for _, row in frame.iterrows():
+        assert row["total"] == 4 * by_model[row["model"]] and row["text"].startswith(f"answer by {row['model']}/")
+    # Rescoring replaces; other raters average in.
+    scoring.save_score(folder, q1[1]["answer_id"], {c: 2 for c in scoring.CRITERIA})
+    scoring.save_score(folder, q1[1]["answer_id"], {c: 4 for c in scoring.CRITERIA}, rater="bo")
+    row = scoring.answers_frame(folder).set_index("answer_id").loc[q1[1]["answer_id"]]
+    assert (row["total"], row["raters"]) == (12.0, 2)
+
+
+@pytest.mark.parametrize("scores, needle", [
+    ({"correctness": 6, "clarity": 3, "examples": 3, "pedagogy": 3}, "correctness"),
+    ({"correctness": 3, "clarity": 2.5, "examples": 3, "pedagogy": 3}, "clarity"),
+    ({"correctness": 3, "clarity": 3, "examples": 3}, "pedagogy"),
+])
+def test_bad_scores_are_refused(scores, needle):
+    folder = evaluate.plan_dir("bad-scores")
+    fake_answers(folder, models=["m"])
+    aid = evaluate.read_answers(folder)[0]["answer_id"]
+    with pytest.raises(IrisError, match=needle):
+        scoring.save_score(folder, aid, scores)
+    with pytest.raises(IrisError, match="not in"):
+        scoring.save_score(folder, "nope", {c: 3 for c in scoring.CRITERIA})
+    assert not (folder / scoring.SCORES).exists()
+
+
+def test_results_table_csv_and_charts():
+    import pandas as pd
+
+    folder = evaluate.plan_dir("res")
+    fake_answers(folder, settings=("A", "B"))
+    for ans in evaluate.read_answers(folder):
+        points = 4 if ans["model"] == "m-big" else 3
+        scoring.save_score(folder, ans["answer_id"], {c: points for c in scoring.CRITERIA}, notes="ok, but")
+    table = scoring.results_table(folder).set_index(["model", "setting"])
+    assert table.loc[("m-big", "A"), "human_total"] == 16 and table.loc[("m-small", "B"), "human_total"] == 12
+    assert table.loc[("m-big", "A"), "answers"] == 5 and table.loc[("m-small", "A"), "file_mb"] == 100
+    csv = pd.read_csv(io.StringIO(scoring.export_csv(folder)))
+    assert len(csv) == 20 and {"model", "setting", "question_id", "text", "total", "correctness", "gen_tok_s",
+                               "lineage", "notes"} <= set(csv.columns)
+    assert csv.groupby("model")["total"].mean().to_dict() == {"m-big": 16, "m-small": 12}
+    assert '"ok, but"' in scoring.export_csv(folder)  # commas quoted
+    fig = scoring.quality_efficiency_chart(scoring.results_table(folder), "human_total", "gen_tok_s")
+    points = {(t.name, x, y) for t in fig.data for x, y in zip(t.x, t.y)}
+    assert ("M-BIG, A", 10.0, 16.0) in points and ("M-SMALL, B", 30.0, 12.0) in points
+    with pytest.raises(IrisError, match="automatic judge"):
+        scoring.quality_efficiency_chart(scoring.results_table(folder), "judge_total", "file_mb")
+    assert len(scoring.score_chart(scoring.results_table(folder)).data) == 1
+
+
+def test_csv_export_without_answers_is_a_clear_error():
+    with pytest.raises(IrisError, match="no answers"):
+        scoring.export_csv(evaluate.plan_dir("empty"))
+
+
+def test_jsonl_append_survives_a_torn_tail():
+    folder = evaluate.plan_dir("torn")
+    evaluate.append_jsonl(folder / "x.jsonl", {"a": 1})
+    with open(folder / "x.jsonl", "a") as f:
+        f.write('{"a": 2, "b"')  # a writer killed mid-line
+    evaluate.append_jsonl(folder / "x.jsonl", {"a": 3})
+    assert evaluate.read_jsonl(folder / "x.jsonl") == [{"a": 1}, {"a": 3}]
+
+
+def test_judge_reply_parsing():
+    from core.judge import parse_grades
+
+    assert parse_grades("Correctness: 4\nclarity: 5\n**Examples**: 2\npedagogy - 3") == \
+        {"correctness": 4, "clarity": 5, "examples": 2, "pedagogy": 3}
+    assert parse_grades("great answer")["clarity"] is None
+
+
+def test_heldout_perplexity_matches_direct_computation(tiny_llama3_dir):
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core import inference, perplexity, versions
+
+    convs = [[{"role": "user", "content": "Is 5 between 3 and 10?"}, {"role": "assistant", "content": "Yes: 5 > 3 and 5 < 10."}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "NOT true?"},
+              {"role": "assistant", "content": "False."}],
+             [{"role": "user", "content": "AND or OR?"}, {"role": "assistant", "content": "OR is true if either side is."}]]
+    rows = pd.DataFrame({"messages": convs})
+    versions.save("heldout", rows.head(1), eval_df=rows)
+    assert perplexity.heldout_rows("heldout", 10) == convs
+    got = perplexity.hf_perplexity(tiny_llama3_dir, perplexity.heldout_rows("heldout", 10))
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama3_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama3_dir, dtype=torch.float32).eval()
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for msgs in convs:
+            ids = torch.tensor([tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]])
+            loss = model(input_ids=ids, labels=ids).loss.item()  # mean over the len-1 shifted targets
+            nll += loss * (ids.shape[1] - 1)
+            n += ids.shape[1] - 1
+    assert got["tokens"] == n and got["rows"] == 3
+    assert got["loss"] == pytest.approx(nll / n, rel=1e-5)
+    assert got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    # Through a plan: written once to metrics.jsonl, not recomputed on resume.
+    plan = EvalPlan(name="ppl", models=[str(tiny_llama3_dir)], heldout_dataset="heldout", heldout_rows=2)
+    available = evaluate.resolve_models(plan)
+    assert available[str(tiny_llama3_dir)].kind == "hf"
+    first = perplexity.evaluate_models(evaluate.plan_dir("ppl"), plan, available)
+    assert len(first) == 1 and first[0]["rows"] == 2 and perplexity.evaluate_models(evaluate.plan_dir("ppl"), plan, available) == []
+    assert perplexity.read_metrics(evaluate.plan_dir("ppl"))[0]["perplexity"] == pytest.approx(first[0]["perplexity"])
+
+
+def test_heldout_needs_an_eval_split():
+    import pandas as pd
+
+    from core import perplexity, versions
+
+    versions.save("noeval", pd.DataFrame({"messages": [[{"role": "user", "content": "hi"}]]}))
+    with pytest.raises(IrisError, match="no eval split"):
+        perplexity.heldout_rows("noeval", 5)
