@@ -6,6 +6,8 @@ Stable API (the Augment helper uses it for cross-source dedup):
     near_duplicates(texts, threshold=0.6, num_perm=256, ngram=5, seed=0) -> np.ndarray[int64]
     minhash_signatures(texts, num_perm=256, ngram=5, seed=0) -> np.ndarray[uint64] (n, num_perm)
     lsh_clusters(signatures, threshold=0.6) -> np.ndarray[int64]
+    lsh_candidates(signatures, threshold) / exact_jaccard(texts, pairs) / components(n, pairs)
+    shingle_hashes(texts, ngram) -> (hashes, text index)  word n-gram hashes, vectorised
     duplicates_to_drop(clusters) -> np.ndarray[bool]      True for every row but the first of its cluster
     normalise_text(text) -> str                           what "exact" compares
 
@@ -63,7 +65,7 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.6, num_perm: int 
     """Cluster id per text: LSH candidates whose true word-`ngram` Jaccard ≥ `threshold` are linked."""
     texts = list(texts)
     cand = lsh_candidates(minhash_signatures(texts, num_perm=num_perm, ngram=ngram, seed=seed), threshold)
-    return _components(len(texts), cand[exact_jaccard(texts, cand, ngram) >= threshold])
+    return components(len(texts), cand[exact_jaccard(texts, cand, ngram) >= threshold])
 
 
 # ---------------------------------------------------------------- hashing
@@ -136,6 +138,12 @@ def _shingles(texts: Sequence[str], ngram: int, salt: np.uint64) -> tuple[np.nda
     sh = np.concatenate([sh, wh[short] ^ np.uint64(0x5555555555555555)])
     sd = np.concatenate([sd, doc[short]])
     return _mix(sh ^ salt), sd
+
+
+def shingle_hashes(texts: Sequence[str], ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 hash per word `ngram`, index of its text) for every n-gram of every text, in text order."""
+    with np.errstate(over="ignore"):
+        return _shingles(texts, ngram, np.uint64(0))
 
 
 def minhash_signatures(texts: Sequence[str], num_perm: int = 256, ngram: int = 5, seed: int = 0,
@@ -217,7 +225,7 @@ def lsh_clusters(signatures: np.ndarray, threshold: float = 0.6) -> np.ndarray:
     for lo in range(0, len(cand), 20000):  # agreement in blocks: 20k pairs × num_perm × 8 B
         a, c = cand[lo:lo + 20000, 0], cand[lo:lo + 20000, 1]
         keep[lo:lo + 20000] = (signatures[a] == signatures[c]).mean(axis=1) >= threshold
-    return _components(len(signatures), cand[keep])
+    return components(len(signatures), cand[keep])
 
 
 def exact_jaccard(texts: Sequence[str], pairs: np.ndarray, ngram: int = 5) -> np.ndarray:
@@ -242,7 +250,8 @@ def exact_jaccard(texts: Sequence[str], pairs: np.ndarray, ngram: int = 5) -> np
     return out
 
 
-def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Cluster id (lowest member index) per row of the graph whose edges are `pairs` (k, 2)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
