@@ -78,6 +78,12 @@ class GGUFEngine(Engine):
             return 0
         return self.llm.n_ctx() * layers * kv_heads * head_dim * 2 * 2
 
+    def reset_cache(self) -> None:
+        """Forget the KV cache and remembered turns: the next prompt is evaluated cold."""
+        with self.lock:
+            self.llm.reset()
+            self._turns.clear()
+
     # -- prompt --
     def render(self, messages: list[dict]) -> str:
         return self.formatter(messages=messages).prompt
