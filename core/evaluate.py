@@ -282,8 +282,9 @@ def main(plan: EvalPlan) -> Path:
         done = done_keys(folder, plan, qset)
         pending = [c for c in cells if c.key not in done]
         total, step, t0 = len(cells), len(cells) - len(pending), time.time()
-        jobs.update_status(folder, step=step, total=total, eta_s=None,
-                           message=f"{step} of {total} answers already there; {len(pending)} to generate")
+        message = f"{step} of {total} answers already there; {len(pending)} to generate"
+        print(message, flush=True)
+        jobs.update_status(folder, step=step, total=total, eta_s=None, message=message)
         for i, cell in enumerate(pending):
             if jobs.stop_requested(folder):
                 jobs.update_status(folder, state="stopped", message=f"stopped after {step} of {total} answers")
