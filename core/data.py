@@ -56,7 +56,9 @@ def load_version_rows(version: str):
     parts = [versions.load(version)]
     if manifest.get("rows", {}).get("eval"):
         parts.append(versions.load(version, "eval"))
-    return pd.concat(parts, ignore_index=True), manifest
+    from core.formats import as_lists
+
+    return as_lists(pd.concat(parts, ignore_index=True)), manifest
 
 
 def save_filtered(result: FilterResult, recipe: DataRecipe, name: str, parent_version: str,

@@ -197,7 +197,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def lsh_candidates(signatures: np.ndarray, threshold: float = 0.6) -> np.ndarray:
+def lsh_candidates(signatures: np.ndarray, threshold: float = 0.6, max_offset: int = 32) -> np.ndarray:
     """Candidate pairs (i, j), i < j, sharing at least one LSH band; banding is tuned for recall a bit
     below `threshold` (by 0.1): the signature's Jaccard estimate runs ≈0.03 low and ±0.035 at ~250 shingles."""
     n, num_perm = signatures.shape
@@ -211,10 +211,15 @@ def lsh_candidates(signatures: np.ndarray, threshold: float = 0.6) -> np.ndarray
                 key = _mix(key ^ signatures[valid, k])
             order = np.argsort(key, kind="stable")  # stable: within a bucket, lower index first
             sk, members = key[order], valid[order]
-            new_group = np.concatenate([[True], sk[1:] != sk[:-1]])
-            first = members[np.flatnonzero(new_group)][np.cumsum(new_group) - 1]
-            linked = first != members
-            pairs.append(np.stack([first[linked], members[linked]], axis=1))
+            group = np.cumsum(np.concatenate([[True], sk[1:] != sk[:-1]]))
+            # every pair within a bucket up to `max_offset` apart (all pairs for buckets ≤ max_offset+1
+            # rows; larger ones stay connected through neighbours), so dropping one member in an
+            # earlier step never disconnects the others
+            for d in range(1, max_offset + 1):
+                same = group[d:] == group[:-d]
+                if not same.any():
+                    break
+                pairs.append(np.stack([members[:-d][same], members[d:][same]], axis=1))
     return np.unique(np.concatenate(pairs), axis=0)
 
 

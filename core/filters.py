@@ -35,6 +35,7 @@ import numpy as np
 
 from core import config
 from core.errors import IrisError
+from core.formats import as_lists
 
 STEP_DEFAULTS: dict[str, dict[str, Any]] = {
     "source": {"include": [], "exclude": []},
@@ -256,9 +257,10 @@ def apply_recipe(df, recipe: DataRecipe, measurements=None, timings: dict | None
 
     if "messages" not in df.columns:
         raise IrisError("rows must be normalised to the canonical `messages` shape before filtering.")
-    df = df.reset_index(drop=True)
+    df = as_lists(df.reset_index(drop=True))
     if measurements is None:
-        measurements = measure.measure(df, recipe.tokenizer, timings)
+        length = recipe.step("length")
+        measurements = measure.measure(df, recipe.tokenizer if length and length.enabled else None, timings)
     alive = np.ones(len(df), dtype=bool)
     reasons = np.full(len(df), "", dtype=object)
     funnel, ctx = [], {"timings": timings}

@@ -271,7 +271,7 @@ def check_rows(df, keep_broken_roles: bool = False) -> None:
     for i, msgs in enumerate(df["messages"]):
         for m in msgs:
             if len(m["content"]) > MAX_TURN_CHARS:
-                raise IrisError(f"row {i} has a {m['role']} turn of {len(m['content']) / 1e6:.1f} M characters "
+                raise IrisError(f"row {i}: a {m['role']} turn of {len(m['content']) / 1e6:.1f} M characters "
                                 f"(limit {MAX_TURN_CHARS / 1e6:.0f} M): that is not a chat turn; remove the row.")
         if not keep_broken_roles:
             problem = role_order_problem(msgs)
@@ -279,6 +279,14 @@ def check_rows(df, keep_broken_roles: bool = False) -> None:
                 raise IrisError(f"row {i}: roles do not alternate ({problem}). Fix the file, or load it with "
                                 "'keep rows with broken role order' (--keep-broken-roles) so the recipe's "
                                 "role_order step drops them.")
+
+
+def as_lists(df):
+    """`df` with `messages` as plain lists of dicts (parquet reads them back as numpy arrays)."""
+    if len(df) and not isinstance(df["messages"].iat[0], list):
+        df = df.copy()
+        df["messages"] = [list(m) for m in df["messages"]]
+    return df
 
 
 def conversation_text(messages: list[dict]) -> str:

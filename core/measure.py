@@ -75,12 +75,14 @@ def _cached(name: str, build: Callable, timings: dict | None, label: str):
 
 # ---------------------------------------------------------------- measurements
 
-def measure(df, tokenizer_id: str = "llama-3", timings: dict | None = None):
-    """All per-row measurements (cached), in `df`'s row order."""
+def measure(df, tokenizer_id: str | None = "llama-3", timings: dict | None = None):
+    """All per-row measurements (cached), in `df`'s row order; no token columns when `tokenizer_id` is None."""
     import pandas as pd
 
     key = dataset_key(df)
     text = _cached(f"{key}-text-{TEXT_VERSION}.parquet", lambda: text_measurements(df, timings), timings, "text_total")
+    if tokenizer_id is None:
+        return text
     toks = _cached(f"{key}-tokens-{_slug(tokenizer_id)}.parquet", lambda: token_measurements(df, tokenizer_id),
                    timings, "tokens")
     return pd.concat([text, toks], axis=1)
