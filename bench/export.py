@@ -1,0 +1,176 @@
+"""Export benchmark: Iris's streaming export to q4_k_m vs the naive chain, same model, same run.
+
+Run as: .venv/bin/python bench/export.py [--keep DIR]
+
+Model: the exact Llama-3.2-1B architecture (core.models.LLAMA_CONFIGS) with random bf16 weights, the
+rebuilt Llama-3 tokenizer (llama.cpp recognises it as llama-bpe), and a random r=16 LoRA on the six
+projections q,k,v,o,up,down (speed and memory do not depend on the weight values).
+
+  naive: load base + adapter (peft), merge_and_unload, save_pretrained; convert_hf_to_gguf.py → f16;
+         llama_model_quantize → q4_k_m with default parameters. Three processes, one after another.
+  iris:  python -m core.export RUN --quant q4_k_m --no-verify (merge streamed tensor by tensor in its
+         own process, the same converter, quantization in slabs of rows).
+
+Every step runs as a separate process tree measured from outside: wall time, and peak RSS as the
+maximum over time of the summed RSS of the whole tree (psutil, polled every 50 ms), with
+/usr/bin/time -v's maximum (largest single process) beside it. Goal: peak ≤ 1.2 GB, wall ≤ 0.8× naive.
+The machine is shared (2 cores): figures are noisy; compare only within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+MODEL_ID = "unsloth/Llama-3.2-1B-Instruct"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+
+
+def measured(argv: list[str], env: dict, log: Path) -> dict:
+    """Run `argv` under /usr/bin/time -v; poll the tree's summed RSS. Returns wall_s, peak_tree, peak_single."""
+    import psutil
+
+    timing = log.with_suffix(".time")
+    full = ["/usr/bin/time", "-v", "-o", str(timing), *argv] if Path("/usr/bin/time").exists() else argv
+    start = time.perf_counter()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        root, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:4]} failed ({proc.returncode}); see {log}")
+    single = 0
+    if timing.exists():
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing.read_text())
+        single = int(m.group(1)) * 1024 if m else 0
+    return {"wall_s": wall, "peak_tree": peak, "peak_single": single}
+
+
+def build(work: Path, env: dict) -> tuple[Path, Path]:
+    """Random-weight Llama-3.2-1B (bf16) + random r=16 adapter, in a child process (not measured)."""
+    code = f"""
+import sys, torch
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from peft import LoraConfig, get_peft_model
+from core import models, tokenizers
+work = Path({str(work)!r})
+torch.manual_seed(0)
+cfg = LlamaConfig(**models.LLAMA_CONFIGS[{MODEL_ID!r}], dtype="bfloat16")
+with torch.device("meta"):
+    model = LlamaForCausalLM(cfg)
+model = model.to_empty(device="cpu").to(torch.bfloat16)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        p.fill_(1.0) if "norm" in name else p.normal_(0, 0.02)
+model.tie_weights()
+model.save_pretrained(work / "base")
+AutoTokenizer.from_pretrained(tokenizers.llama3_dir()).save_pretrained(work / "base")
+peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules={TARGETS!r}))
+with torch.no_grad():
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            p.normal_(0, 0.01)
+peft.save_pretrained(work / "adapter")
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)
+    return work / "base", work / "adapter"
+
+
+NAIVE_MERGE = """
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import PeftModel
+base, adapter, out = sys.argv[1:4]
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).merge_and_unload()
+model.save_pretrained(out)
+AutoTokenizer.from_pretrained(base).save_pretrained(out)
+"""
+NAIVE_QUANT = """
+import ctypes, sys, llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+p.nthread = 0
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
+"""
+
+
+def naive(base: Path, adapter: Path, work: Path, env: dict) -> dict:
+    from core.llamacpp import tools
+
+    merged, f16, q4 = work / "naive-merged", work / "naive-f16.gguf", work / "naive-q4_k_m.gguf"
+    log = work / "naive.log"
+    steps = {
+        "merge_and_unload + save_pretrained": measured([sys.executable, "-c", NAIVE_MERGE, str(base), str(adapter), str(merged)], env, log),
+        "convert_hf_to_gguf f16": measured([sys.executable, str(tools().convert_hf), str(merged), "--outfile", str(f16),
+                                            "--outtype", "f16"], env, log),
+        "quantize q4_k_m (defaults)": measured([sys.executable, "-c", NAIVE_QUANT, str(f16), str(q4)], env, log),
+    }
+    return {"steps": steps, "wall_s": sum(s["wall_s"] for s in steps.values()),
+            "peak_tree": max(s["peak_tree"] for s in steps.values()),
+            "peak_single": max(s["peak_single"] for s in steps.values()), "size": q4.stat().st_size}
+
+
+def iris(base: Path, adapter: Path, work: Path, env: dict) -> dict:
+    home = work / "iris_home"
+    run = home / "runs" / "bench"
+    run.mkdir(parents=True)
+    shutil.copytree(adapter, run / "adapter")
+    (run / "config.yaml").write_text(f"base_model: {base}\ndataset: bench\n")
+    result = measured([sys.executable, "-m", "core.export", "bench", "--quant", "q4_k_m", "--no-verify"],
+                      {**env, "IRIS_HOME": str(home)}, work / "iris.log")
+    info = json.loads((home / "exports" / "bench" / "export.json").read_text())
+    return {**result, "size": info["sizes"]["bench-q4_k_m.gguf"], "timings_s": info["timings_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", help="work folder to keep (default: a temporary one, removed)")
+    args = parser.parse_args()
+    work = Path(args.keep or tempfile.mkdtemp(prefix="iris-bench-export-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    try:
+        t = time.perf_counter()
+        base, adapter = build(work, env)
+        print(f"built random Llama-3.2-1B + r=16 adapter in {time.perf_counter() - t:.0f} s (not measured)")
+        n = naive(base, adapter, work, env)
+        shutil.rmtree(work / "naive-merged", ignore_errors=True)
+        i = iris(base, adapter, work, env)
+        gib = 1024**3
+        print(f"\nExport to q4_k_m, Llama-3.2-1B config (random weights), r=16 LoRA on {', '.join(TARGETS)}; "
+              f"{os.cpu_count()} cores, shared machine (noisy)")
+        print(f"{'path':40} {'wall s':>8} {'peak tree GiB':>14} {'max proc GiB':>13}")
+        for name, s in n["steps"].items():
+            print(f"  naive: {name:32} {s['wall_s']:8.1f} {s['peak_tree'] / gib:14.2f} {s['peak_single'] / gib:13.2f}")
+        print(f"{'naive chain':40} {n['wall_s']:8.1f} {n['peak_tree'] / gib:14.2f} {n['peak_single'] / gib:13.2f}")
+        print(f"{'iris (python -m core.export)':40} {i['wall_s']:8.1f} {i['peak_tree'] / gib:14.2f} {i['peak_single'] / gib:13.2f}")
+        for name, s in i["timings_s"].items():
+            print(f"  iris: {name}: {s:.1f} s")
+        print(f"ratios iris/naive: wall {i['wall_s'] / n['wall_s']:.2f} (goal ≤ 0.8), "
+              f"peak {i['peak_tree'] / n['peak_tree']:.2f}; iris peak {i['peak_tree'] / 1e9:.2f} GB (goal ≤ 1.2 GB)")
+        print(f"q4_k_m size: naive {n['size'] / 2**20:.0f} MiB, iris {i['size'] / 2**20:.0f} MiB")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""llama.cpp's own tools, driven from Python: HF folder → f16 GGUF, LoRA → GGUF, GGUF → quantized GGUF.
+
+The converters are llama.cpp's scripts (`core.llamacpp.tools()`), run as subprocesses with this
+venv's python; they import the gguf-py that sits beside them. Quantization is llama.cpp's C
+`llama_model_quantize` through llama-cpp-python, with a cap on the rows it keeps in memory
+(`max_buf_size`), so even a 128k-vocab embedding is quantized in slabs instead of as one 1 GB f32 copy.
+
+Every output is written under a hidden temporary name and renamed only when complete.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core.errors import IrisError
+
+QUANT_BUF_BYTES = 64 * 1024**2  # rows of one tensor kept in memory while quantizing
+FTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+          "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "f16": "LLAMA_FTYPE_MOSTLY_F16"}
+
+
+def tmp_name(final: Path) -> Path:
+    """Hidden and not ending in .gguf, so nothing lists a partial file as a model."""
+    return final.with_name(f".{final.name}.tmp")
+
+
+def run_merge(base_dir: Path, adapter_dir: Path, out: Path, dtype: str = "f16") -> dict:
+    """`python -m core.merge` in its own process (its torch memory is gone before the converter starts)."""
+    import json
+
+    lines = _run_tool([sys.executable, "-m", "core.merge", str(base_dir), str(adapter_dir), str(out), "--dtype", dtype],
+                      "merging the LoRA")
+    return json.loads(lines[-1])
+
+
+def _run_tool(argv: list[str], what: str) -> list[str]:
+    """Run a llama.cpp script, echoing its output into our log; one IrisError sentence on failure."""
+    from core.llamacpp import tools
+
+    from core.paths import REPO_ROOT
+
+    path = [str(tools().gguf_py), str(REPO_ROOT), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    env.pop("HF_TOKEN", None)  # the converter needs no token; keep it out of its environment and log
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    tail: list[str] = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        tail = (tail + [line.rstrip()])[-20:]
+    sys.stdout.flush()
+    if proc.wait() != 0:
+        text = "\n".join(tail)
+        last = tail[-1] if tail else ""
+        if last.startswith("error: "):  # an IrisError from our own CLI (python -m core.merge)
+            raise IrisError(last.removeprefix("error: "))
+        if "pre-tokenizer was not recognized" in text:
+            raise IrisError(f"{what}: llama.cpp does not recognise this model's tokenizer (BPE pre-tokenizer); "
+                            "export a model whose tokenizer llama.cpp knows (Llama-3, SmolLM2, ...).")
+        if "not supported" in text.lower():
+            raise IrisError(f"{what}: llama.cpp cannot convert this architecture ({_last_error(tail)}).")
+        raise IrisError(f"{what} failed ({_last_error(tail)}); the full output is in the job log.")
+    return tail
+
+
+def _last_error(tail: list[str]) -> str:
+    for line in reversed(tail):
+        if "Error" in line or "error" in line:
+            return line.strip()[-300:]
+    return (tail[-1] if tail else "no output")[-300:]
+
+
+def convert_hf(model_dir: Path, out: Path, outtype: str = "f16") -> Path:
+    """`convert_hf_to_gguf.py model_dir --outtype f16` into `out` (atomic)."""
+    from core.llamacpp import tools
+
+    tmp = tmp_name(out)
+    tmp.unlink(missing_ok=True)
+    try:
+        _run_tool([sys.executable, str(tools().convert_hf), str(model_dir), "--outfile", str(tmp),
+                   "--outtype", outtype], "converting to GGUF")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def convert_lora(adapter_dir: Path, base_dir: Path, out: Path, outtype: str = "f16") -> Path:
+    """`convert_lora_to_gguf.py --base base_dir adapter_dir` into `out` (atomic)."""
+    from core.llamacpp import tools
+
+    tmp = tmp_name(out)
+    tmp.unlink(missing_ok=True)
+    try:
+        _run_tool([sys.executable, str(tools().convert_lora), "--base", str(base_dir), "--outfile", str(tmp),
+                   "--outtype", outtype, str(adapter_dir)], "converting the LoRA adapter to GGUF")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def quantize(src: Path, out: Path, quant: str, threads: int = 0) -> Path:
+    """`llama_model_quantize(src → out)` to q4_k_m / q5_k_m / q8_0 / f16 (atomic)."""
+    import llama_cpp
+
+    if quant not in FTYPES:
+        raise IrisError(f"unknown quant type {quant!r}: choose from {', '.join(FTYPES)}.")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, FTYPES[quant])
+    params.nthread = threads or (os.cpu_count() or 1)
+    params.max_buf_size = QUANT_BUF_BYTES
+    tmp = tmp_name(out)
+    tmp.unlink(missing_ok=True)
+    try:
+        sys.stdout.flush()
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.exists():
+            raise IrisError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}); see the job log.")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def gguf_metadata(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.file_type",
+                                                         "tokenizer.chat_template", "tokenizer.ggml.pre")) -> dict:
+    """A few metadata fields of a GGUF (read with llama.cpp's gguf-py, header only)."""
+    from core.llamacpp import ensure_gguf_importable
+
+    ensure_gguf_importable()
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    out = {}
+    for key in keys:
+        f = reader.fields.get(key)
+        if f is None:
+            continue
+        out[key] = f.contents() if hasattr(f, "contents") else bytes(f.parts[f.data[0]]).decode()
+    return out

@@ -1,0 +1,199 @@
+"""Before an export starts: how much RAM, disk and time will it need here, and does that fit?
+
+Sizes come from the safetensors headers (no weights read); the per-step memory and time models are
+calibrated on the Llama-3.2-1B config on a 2-core machine (see bench/export.py):
+
+  merge     one base tensor in fp32 + its LoRA delta, or a 64 MB slab of an untouched one
+  convert   llama.cpp's converter: Python + torch, then one tensor memory-mapped plus its f16 copy
+            (a bf16/f32 source widens its largest tensor to f32 first)
+  quantize  llama_model_quantize: the largest f16 tensor mapped, plus fixed-size slabs of rows
+  verify    transformers holds the whole merged model in fp32; each GGUF is mapped in turn
+
+When the chosen path does not fit, `check` refuses with the reason and the first cheaper path that
+does (no verification, fewer quants, LoRA-only GGUF).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.errors import IrisError
+from core.merge import DTYPE_BYTES, model_index, read_header
+
+GB = 1024**3
+MB = 1024**2
+PYTHON_TORCH = 400 * MB  # RSS of a Python process that imported torch (+ numpy, safetensors)
+PYTHON_LLAMA = 80 * MB  # RSS of the quantizing process (ctypes llama.cpp, no torch needed)
+QUANT_BUF = 64 * MB  # max_buf_size handed to llama_model_quantize (rows kept in memory at once)
+# GGUF bytes per parameter (K-quants keep the tied embedding / output in q6_K)
+BYTES_PER_PARAM = {"q4_k_m": 0.62, "q5_k_m": 0.72, "q8_0": 1.07, "f16": 2.0}
+# seconds per billion parameters on 2 cores (bench/export.py); threads scale the quantizers
+SECONDS_PER_B = {"merge": 10.0, "convert": 15.0, "q4_k_m": 31.0, "q5_k_m": 31.0, "q8_0": 7.5, "f16": 0.5,
+                 "verify_load": 12.0, "verify_gguf": 8.0}
+
+
+@dataclass
+class Step:
+    name: str
+    peak_ram: int
+    """bytes resident at the step's worst moment"""
+    disk: int
+    """bytes on disk at the end of the step, counting what earlier steps left there"""
+    time_s: float
+
+
+@dataclass
+class Plan:
+    path: str
+    """what this plan does, in words ('merge → f16 GGUF → q4_k_m, q8_0 → verify')"""
+    steps: list[Step] = field(default_factory=list)
+    ram_available: int = 0
+    disk_available: int = 0
+
+    @property
+    def peak_ram(self) -> int:
+        return max((s.peak_ram for s in self.steps), default=0)
+
+    @property
+    def disk(self) -> int:
+        return max((s.disk for s in self.steps), default=0)
+
+    @property
+    def time_s(self) -> float:
+        return sum(s.time_s for s in self.steps)
+
+    @property
+    def reason(self) -> str:
+        """Why it does not fit ('' when it does)."""
+        parts = []
+        if self.peak_ram > self.ram_available:
+            worst = max(self.steps, key=lambda s: s.peak_ram)
+            parts.append(f"{worst.name} needs ~{gb(self.peak_ram)} of RAM but {gb(self.ram_available)} is free")
+        if self.disk > self.disk_available:
+            parts.append(f"it needs ~{gb(self.disk)} of disk but {gb(self.disk_available)} is free")
+        return " and ".join(parts)
+
+    @property
+    def fits(self) -> bool:
+        return not self.reason
+
+    def summary(self) -> dict:
+        return {"path": self.path, "peak_ram_bytes": self.peak_ram, "disk_bytes": self.disk,
+                "time_s": round(self.time_s, 1), "ram_available_bytes": self.ram_available,
+                "disk_available_bytes": self.disk_available, "fits": self.fits, "reason": self.reason,
+                "steps": [asdict(s) for s in self.steps]}
+
+
+def gb(n: float) -> str:
+    return f"{n / GB:.2f} GB"
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    params: int
+    largest: int
+    """elements of the largest tensor (the embedding, for Llama-3's 128k vocab)"""
+    largest_linear: int
+    """elements of the largest 2-D tensor that is not an embedding (what LoRA merges)"""
+    dtype_bytes: int
+    """bytes per element of the source weights (4 for fp32, 2 for bf16/f16)"""
+    src_dtype: str
+
+
+def model_size(model_dir: Path) -> ModelSize:
+    tensors = model_index(model_dir)
+    sizes = {name: math.prod(t.shape) for name, t in tensors.items()}
+    linear = [n for name, n in sizes.items() if "embed" not in name and "lm_head" not in name]
+    big = max(tensors.values(), key=lambda t: t.nbytes)
+    return ModelSize(sum(sizes.values()), max(sizes.values()), max(linear, default=0), DTYPE_BYTES[big.dtype], big.dtype)
+
+
+def adapter_bytes(adapter_dir: Path | None) -> int:
+    if adapter_dir is None:
+        return 0
+    return sum(t.nbytes for t in read_header(Path(adapter_dir) / "adapter_model.safetensors").values())
+
+
+def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify: bool, adapter: int = 0,
+             threads: int = 2, ram_available: int = 0, disk_available: int = 0) -> Plan:
+    """The steps of one export path with their peak RAM, disk and time.
+
+    `merge`: a LoRA is merged into a 16-bit copy first (else the source folder is converted as is).
+    `mode`: 'merged' or 'lora' (base GGUF + a LoRA GGUF that llama.cpp applies at load time).
+    """
+    b = size.params / 1e9
+    speed = 2 / max(1, threads)
+    f16_file = size.params * 2
+    steps, disk = [], 0
+    if merge:
+        disk += size.params * 2
+        steps.append(Step("merge", PYTHON_TORCH + 3 * size.largest_linear * 4 + 3 * QUANT_BUF + 2 * adapter,
+                          disk, SECONDS_PER_B["merge"] * b))
+        src_bytes = 2
+    else:
+        src_bytes = size.dtype_bytes
+    # a 16-bit source is copied once; bf16/f32 go through an f32 copy first
+    widen = 0 if (merge or size.src_dtype == "F16") else size.largest * 4
+    disk += f16_file
+    steps.append(Step("convert", PYTHON_TORCH + size.largest * (src_bytes + 2) + widen, disk,
+                      SECONDS_PER_B["convert"] * b))
+    for q in quants:
+        if q == "f16":
+            continue
+        disk += int(size.params * BYTES_PER_PARAM[q])
+        steps.append(Step(f"quantize {q}", PYTHON_LLAMA + size.largest * 2 + 3 * QUANT_BUF, disk,
+                          SECONDS_PER_B[q] * b * speed))
+    if mode == "lora":
+        disk += 2 * adapter
+        steps.append(Step("convert LoRA", PYTHON_TORCH + 3 * adapter, disk, 5.0))
+    if "f16" not in quants:
+        disk -= f16_file  # the intermediate f16 GGUF is deleted
+    if verify:
+        biggest_gguf = max(int(size.params * BYTES_PER_PARAM[q]) for q in quants)
+        ram = PYTHON_TORCH + size.params * 4 + 2 * adapter + biggest_gguf + 200 * MB
+        steps.append(Step("verify", ram, disk, SECONDS_PER_B["verify_load"] * b
+                          + SECONDS_PER_B["verify_gguf"] * b * len(quants) * speed))
+    words = ("merge → " if merge else "") + "f16 GGUF → " + ", ".join(quants) + (" + LoRA GGUF" if mode == "lora" else "")
+    return Plan(words + (" → verify" if verify else ""), steps, ram_available, disk_available)
+
+
+def available(ram_budget_gb: float | None, disk_budget_gb: float | None, where: Path) -> tuple[int, int]:
+    """(RAM, disk) this export may use: the budgets when given, else what is free now."""
+    import psutil
+
+    from core.paths import free_disk_bytes
+
+    ram = int(ram_budget_gb * GB) if ram_budget_gb else psutil.virtual_memory().available
+    disk = int(disk_budget_gb * GB) if disk_budget_gb else free_disk_bytes(where)
+    return ram, disk
+
+
+def alternatives(size: ModelSize, quants: list[str], mode: str, merge: bool, verify: bool, adapter: int,
+                 threads: int, ram: int, disk: int) -> list[Plan]:
+    """The chosen path first, then cheaper ones in the order a user would give things up."""
+    plans = [estimate(size, quants, mode, merge, verify, adapter, threads, ram, disk)]
+    if verify:
+        plans.append(estimate(size, quants, mode, merge, False, adapter, threads, ram, disk))
+    smallest = min(quants, key=lambda q: BYTES_PER_PARAM[q])
+    if quants != [smallest]:
+        plans.append(estimate(size, [smallest], mode, merge, False, adapter, threads, ram, disk))
+    if mode != "lora" and adapter:
+        plans.append(estimate(size, [smallest], "lora", False, False, adapter, threads, ram, disk))
+    return plans
+
+
+def check(plans: list[Plan]) -> Plan:
+    """The chosen plan if it fits; otherwise IrisError with the reason and the first path that fits."""
+    chosen = plans[0]
+    if chosen.fits:
+        return chosen
+    fitting = next((p for p in plans[1:] if p.fits), None)
+    hint = (f"choose {fitting.path} instead (~{gb(fitting.peak_ram)} RAM, ~{gb(fitting.disk)} disk)"
+            if fitting else "free memory or disk (close other apps, delete old exports), or export on a larger machine")
+    raise IrisError(f"this export would not fit: {chosen.reason}; {hint}.")
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)

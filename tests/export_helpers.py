@@ -1,0 +1,47 @@
+"""Run directories for export tests: a real peft adapter on a tiny model, laid out as core.train writes it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+
+
+def save_adapter(base_dir: Path, out: Path, r: int = 8, alpha: int = 16, seed: int = 1, rslora: bool = False,
+                 targets: list[str] | None = None) -> Path:
+    """A LoRA on `base_dir` with random (non-zero) B weights, saved with peft's save_pretrained."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora,
+                                            target_modules=targets or TARGETS))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    peft.save_pretrained(out)
+    return Path(out)
+
+
+def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints: tuple[int, ...] = (2,),
+             final: bool = True, dataset: str = "tiny-v1") -> Path:
+    """runs/<name>/config.yaml + checkpoints/checkpoint-N/ (with COMPLETE) + adapter/ (with tokenizer)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    run = Path(runs) / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"base_model: {base_model}\ndataset: {dataset}\nlora_r: 8\nlora_alpha: 16\n")
+    for i, step in enumerate(checkpoints):
+        ckpt = save_adapter(base_dir, run / "checkpoints" / f"checkpoint-{step}", seed=10 + i)
+        (ckpt / "trainer_state.json").write_text('{"global_step": %d}' % step)
+        (ckpt / "COMPLETE").write_text("")
+    if final:
+        save_adapter(base_dir, run / "adapter", seed=1)
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(run / "adapter")
+    if not checkpoints and not final:
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    return run

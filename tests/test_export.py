@@ -1,0 +1,112 @@
+"""Export without llama.cpp: the streaming merge equals peft's merge_and_unload; config, pre-flight, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from core.config import from_yaml, to_yaml
+from core.errors import IrisError
+from core.export import ExportConfig, main, plan
+from core.merge import merge_lora
+from core.paths import exports_dir, runs_dir
+from tests.export_helpers import make_run, save_adapter
+
+
+def _merged_reference(base_dir, adapter_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().state_dict()
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_streaming_merge_equals_merge_and_unload(tiny_llama3_dir, tmp_path, rslora):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    adapter = save_adapter(tiny_llama3_dir, tmp_path / "adapter", r=4, alpha=16, rslora=rslora)
+    out = tmp_path / "merged"
+    out.mkdir()
+    # small shards, so the index + several files are exercised
+    summary = merge_lora(tiny_llama3_dir, adapter, out, "f16", shard_bytes=4_000_000)
+    assert summary["merged"] == 2 * 6 and summary["shards"] > 1
+    assert (out / "model.safetensors.index.json").exists() and (out / "chat_template.jinja").exists()
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+
+    want = _merged_reference(tiny_llama3_dir, adapter)
+    got = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    assert set(got) == set(want)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama3_dir, dtype=torch.float32).state_dict()
+    for name, ref in want.items():
+        # f16 storage: ~3 significant digits
+        assert torch.allclose(got[name], ref, rtol=2e-3, atol=2e-4), name
+    changed = [n for n in want if not torch.allclose(base[n], want[n])]
+    assert len(changed) == 12 and all("proj" in n for n in changed)  # the LoRA really moved those weights
+
+
+def test_config_yaml_round_trip():
+    cfg = ExportConfig(source="run-a", checkpoint=20, quants=["q8_0", "q4_k_m", "q8_0"], name="a-20",
+                       ram_budget_gb=4.0)
+    assert cfg.quants == ["q8_0", "q4_k_m"]
+    assert from_yaml(ExportConfig, to_yaml(cfg)) == cfg
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"quants": ["q3_x"]}, "unknown quant type 'q3_x'"),
+    ({"mode": "both"}, "mode 'both'"),
+    ({"name": "../x"}, "export name"),
+    ({"ram_budget_gb": -1}, "ram_budget_gb"),
+])
+def test_config_rejects_bad_fields(fields, needle):
+    with pytest.raises(IrisError, match=needle.replace("(", r"\(")):
+        ExportConfig(source="r", **fields)
+
+
+def test_preflight_refuses_a_budget_that_is_too_small(tiny_llama3_dir):
+    make_run(runs_dir(), "r1", str(tiny_llama3_dir), tiny_llama3_dir, checkpoints=(), final=True)
+    plans = plan(ExportConfig(source="r1", quants=["q8_0", "f16"]))
+    assert plans[0].fits and plans[0].peak_ram > 0 and plans[0].disk > 0 and plans[0].time_s > 0
+    assert [s.name for s in plans[0].steps] == ["merge", "convert", "quantize q8_0", "verify"]
+
+    # verification (the merged model in fp32) is the largest step: a budget just under it is refused,
+    # and the message names the path that fits
+    verify_ram = plans[0].steps[-1].peak_ram
+    cfg = ExportConfig(source="r1", quants=["q8_0", "f16"], ram_budget_gb=(verify_ram - 1) / 1024**3)
+    with pytest.raises(IrisError, match="would not fit: verify needs .* choose merge → f16 GGUF → q8_0, f16 instead"):
+        main(cfg)
+    with pytest.raises(IrisError, match="of disk"):
+        main(ExportConfig(source="r1", quants=["q8_0"], disk_budget_gb=0.001))
+    assert not list(exports_dir().iterdir())  # refused before anything was written
+
+
+def test_bad_sources_give_one_sentence(tiny_llama3_dir, monkeypatch):
+    runs = runs_dir()
+    with pytest.raises(IrisError, match="neither a run"):
+        main(ExportConfig(source="nope"))
+    # a run that never saved an adapter
+    (runs / "empty").mkdir()
+    (runs / "empty" / "config.yaml").write_text(f"base_model: {tiny_llama3_dir}\ndataset: d\n")
+    with pytest.raises(IrisError, match="no complete checkpoint|no final adapter"):
+        main(ExportConfig(source="empty"))
+    # a checkpoint that is not there, and one whose weights were torn mid-write
+    run = make_run(runs, "r2", str(tiny_llama3_dir), tiny_llama3_dir, checkpoints=(2,), final=False)
+    with pytest.raises(IrisError, match="checkpoint-7"):
+        main(ExportConfig(source="r2", checkpoint=7))
+    weights = run / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(IrisError, match="torn|truncated"):
+        main(ExportConfig(source="r2", checkpoint=2, verify=False))
+    assert not list(exports_dir().glob("*/*.gguf"))
+    # a base model that only the hub has, while offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shutil.copytree(run, runs / "r3")
+    (runs / "r3" / "config.yaml").write_text("base_model: someone/not-cached-7B\ndataset: d\n")
+    with pytest.raises(IrisError, match="not available offline"):
+        main(ExportConfig(source="r3"))
+    # a bare adapter folder is not a model
+    with pytest.raises(IrisError, match="bare adapter"):
+        main(ExportConfig(source=str(run / "checkpoints" / "checkpoint-2")))
