@@ -61,12 +61,14 @@ def load_version_rows(version: str):
     return as_lists(pd.concat(parts, ignore_index=True)), manifest
 
 
-def save_filtered(result: FilterResult, recipe: DataRecipe, name: str, parent_version: str,
-                  parent_manifest: dict, eval_fraction: float | None = None) -> Path:
-    """Save a recipe's kept rows as version `name`, with the funnel and drop reasons in its manifest."""
+def save_filtered(result: FilterResult, recipe: DataRecipe, name: str, parent: dict,
+                  eval_fraction: float | None = None) -> Path:
+    """Save a recipe's kept rows as version `name`, with the funnel and drop reasons in its manifest.
+
+    `parent` is {"version": ..., "content_hash": ...} for a saved version, {"source": ...} otherwise."""
     fraction = recipe.eval_fraction if eval_fraction is None else eval_fraction
     return _save(name, result.kept_rows(), eval_fraction=fraction, seed=recipe.seed, recipe=recipe.to_yaml(),
-                 kind="filter", parent={"version": parent_version, "content_hash": parent_manifest.get("content_hash")},
+                 kind="filter", parent=parent,
                  steps=result.funnel, extra={"dropped_by_reason": result.reason_counts(), "recipe_name": recipe.name,
                                              "tokenizer": recipe.tokenizer})
 
@@ -80,7 +82,8 @@ def filter_version(version: str, recipe: DataRecipe, name: str, eval_fraction: f
     result = apply_recipe(df, recipe, progress=lambda step: print(f"step {step}", file=sys.stderr, flush=True))
     for row in result.funnel:
         print(f"{row['step']:<14} {row['before']:>8} → {row['after']:>8}  (-{row['dropped']})", file=sys.stderr)
-    return save_filtered(result, recipe, name, version, manifest, eval_fraction)
+    parent = {"version": version, "content_hash": manifest.get("content_hash")}
+    return save_filtered(result, recipe, name, parent, eval_fraction)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -271,7 +271,7 @@ def check_rows(df, keep_broken_roles: bool = False) -> None:
     for i, msgs in enumerate(df["messages"]):
         for m in msgs:
             if len(m["content"]) > MAX_TURN_CHARS:
-                raise IrisError(f"row {i}: a {m['role']} turn of {len(m['content']) / 1e6:.1f} M characters "
+                raise IrisError(f"row {i}: one {m['role']} turn has {len(m['content']) / 1e6:.1f} M characters "
                                 f"(limit {MAX_TURN_CHARS / 1e6:.0f} M): that is not a chat turn; remove the row.")
         if not keep_broken_roles:
             problem = role_order_problem(msgs)

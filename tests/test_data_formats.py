@@ -105,7 +105,7 @@ def test_empty_and_non_utf8_files(tmp_path):
 
 def test_giant_turn_is_refused():
     df = pd.DataFrame({"messages": [[m(U, "q"), m(A, "a")], [m(U, "x" * 10_000_000), m(A, "a")]]})
-    with pytest.raises(IrisError, match="row 1: a user turn of 10.0 M characters"):
+    with pytest.raises(IrisError, match="row 1: one user turn has 10.0 M characters"):
         formats.normalise(df)
 
 
