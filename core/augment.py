@@ -273,6 +273,7 @@ def build(recipe: AugmentRecipe) -> Mixture:
     steps = [{"step": "load", "origin": s.name, "rows": len(f) + f.attrs["broken_roles"],
               "dropped_broken_roles": f.attrs["broken_roles"]} for s, f in zip(recipe.sources, frames)]
     pool = _concat(frames)
+    pool["_tokens"] = token_counts(pool, recipe.tokenizer)  # once per pooled row, carried through sampling
     kept, collisions = dedup(pool, recipe.dedup_exact, recipe.dedup_near, recipe.near_threshold)
     steps.append({"step": "dedup", "rows_in": len(pool), "rows_out": len(kept),
                   "exact": int((collisions["kind"] == "exact").sum()), "near": int((collisions["kind"] == "near").sum())})
@@ -287,11 +288,11 @@ def build(recipe: AugmentRecipe) -> Mixture:
     mix = mix.iloc[np.random.default_rng(recipe.seed).permutation(len(mix))].reset_index(drop=True)
     steps.append({"step": "sample", "rows": len(mix), "per_origin": want, "available": available,
                   "upsampled": [s.name for s in recipe.sources if want[s.name] > available[s.name]]})
-    train, eval_df = mix, None
+    stats = mixture_stats({"before dedup": pool, "after dedup": kept, "mixture": mix})
+    train, eval_df = mix.drop(columns="_tokens"), None
     if recipe.eval_fraction:
-        train, eval_df = versions.split(mix, recipe.eval_fraction, seed=recipe.seed, stratify="origin")
+        train, eval_df = versions.split(train, recipe.eval_fraction, seed=recipe.seed, stratify="origin")
         steps.append({"step": "split", "train": len(train), "eval": len(eval_df), "stratify": "origin"})
-    stats = mixture_stats({"before dedup": pool, "after dedup": kept, "mixture": mix}, recipe.tokenizer)
     return Mixture(train, eval_df, stats, collisions, steps, recipe)
 
 
@@ -309,21 +310,24 @@ def _concat(frames):
     return pool
 
 
-def mixture_stats(stages: dict, tokenizer: str) -> "pandas.DataFrame":  # noqa: F821
-    """Rows and tokens (message contents, no template) per origin for each stage."""
-    import pandas as pd
-
+def token_counts(df, tokenizer: str) -> list[int]:
+    """Tokens per row: the message contents joined (no chat template, no special tokens)."""
     from core import tokenizers
     from core.formats import conversation_text
 
     tok = tokenizers.load(tokenizer)
+    texts = [conversation_text(list(m)) for m in df["messages"]]
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def mixture_stats(stages: dict) -> "pandas.DataFrame":  # noqa: F821
+    """Rows and tokens per origin for each stage; every frame carries its rows' `_tokens`."""
+    import pandas as pd
+
     out = []
     for stage, df in stages.items():
-        lengths = [len(ids) for ids in tok([conversation_text(list(m)) for m in df["messages"]],
-                                           add_special_tokens=False)["input_ids"]]
-        counted = pd.DataFrame({"origin": df["origin"].to_numpy(), "tokens": lengths})
-        for origin, grp in counted.groupby("origin", sort=False):
-            out.append({"origin": origin, "stage": stage, "rows": len(grp), "tokens": int(grp["tokens"].sum())})
+        for origin, grp in df.groupby("origin", sort=False):
+            out.append({"origin": origin, "stage": stage, "rows": len(grp), "tokens": int(grp["_tokens"].sum())})
     return pd.DataFrame(out, columns=["origin", "stage", "rows", "tokens"])
 
 
