@@ -1,5 +1,107 @@
-"""Export page (being built): merge a run's adapter, convert to GGUF with llama.cpp's own converter, quantize (q4_k_m, q8_0, f16) within a known memory budget, and verify the result."""
+"""Export page: pick a run (final adapter or a checkpoint) or a model folder, see the pre-flight, export to GGUF.
+
+The export runs as a job (`python -m core.export`); this page only launches it and rereads its folder.
+"""
+import pandas as pd
 import streamlit as st
 
+from core import jobs, lineage
+from core.errors import IrisError
+from core.export import QUANTS, ExportConfig, launch, list_exports, plan, report
+from core.paths import exports_dir, runs_dir
+from core.preflight import gb
+from core.sources import list_checkpoints
+
 st.title("Export")
-st.info("This page is being built. It will merge a run's adapter, convert to GGUF with llama.cpp's own converter, quantize (q4_k_m, q8_0, f16) within a known memory budget, and verify the result.")
+st.caption("Merge a LoRA into its base, convert with llama.cpp, quantize, and check the GGUF against the source.")
+
+kind = st.radio("Export from", ["a training run", "a model folder"], horizontal=True)
+checkpoint = None
+if kind == "a training run":
+    runs = [r["run"] for r in lineage.list_runs()]
+    if not runs:
+        st.info("No runs yet: train one on the Train page, or export a model folder.")
+        st.stop()
+    source = st.selectbox("Run", runs)
+    steps = list_checkpoints(runs_dir() / source)
+    pick = st.selectbox("Adapter", ["final adapter"] + [f"checkpoint-{s}" for s in reversed(steps)])
+    checkpoint = None if pick == "final adapter" else int(pick.split("-")[1])
+else:
+    source = st.text_input("Model folder (config.json + safetensors + tokenizer)", "")
+
+quants = st.multiselect("Quantizations", list(QUANTS), default=["q4_k_m"],
+                        help="q4_k_m: smallest, fastest on CPU; q8_0: near-lossless; f16: reference")
+c1, c2, c3 = st.columns(3)
+lora_only = c1.checkbox("LoRA-only GGUF", help="base GGUFs + a small LoRA GGUF that llama.cpp applies at load time",
+                        disabled=kind != "a training run")
+verify = c2.checkbox("Verify against the source", value=True)
+keep_merged = c3.checkbox("Keep merged safetensors", disabled=lora_only)
+name = st.text_input("Export name (empty: from the run)", "")
+push_repo = st.text_input("Push to hub repo (optional; needs HF_TOKEN)", "")
+
+if not source or not quants:
+    st.stop()
+try:
+    cfg = ExportConfig(source=source, checkpoint=checkpoint, quants=quants, name=name,
+                       mode="lora" if lora_only else "merged", verify=verify, keep_merged=keep_merged,
+                       push_repo=push_repo)
+    plans = plan(cfg)
+except IrisError as err:
+    st.error(str(err))
+    st.stop()
+
+chosen = plans[0]
+st.subheader("Pre-flight")
+m1, m2, m3 = st.columns(3)
+m1.metric("Peak RAM", gb(chosen.peak_ram), help=f"{gb(chosen.ram_available)} free now")
+m2.metric("Disk", gb(chosen.disk), help=f"{gb(chosen.disk_available)} free now")
+m3.metric("Time", f"~{chosen.time_s / 60:.1f} min" if chosen.time_s >= 60 else f"~{chosen.time_s:.0f} s")
+st.caption(chosen.path)
+st.dataframe(pd.DataFrame([{"step": s.name, "peak RAM": gb(s.peak_ram), "disk after": gb(s.disk),
+                            "time s": round(s.time_s, 1)} for s in chosen.steps]), hide_index=True)
+fits = next((p for p in plans[1:] if p.fits), None)
+if not chosen.fits:
+    st.error(f"This export would not fit: {chosen.reason}."
+             + (f" {fits.path} fits (~{gb(fits.peak_ram)} RAM, ~{gb(fits.disk)} disk)." if fits else ""))
+
+if st.button("Export", type="primary", disabled=not chosen.fits):
+    try:
+        st.session_state["export_dir"] = str(launch(cfg))
+    except IrisError as err:
+        st.error(str(err))
+
+
+@st.fragment(run_every=2)
+def progress() -> None:
+    folder = st.session_state.get("export_dir")
+    if not folder:
+        return
+    status = jobs.read_status(folder)
+    state = status.get("state", "unknown")
+    st.subheader(f"Export {folder.rsplit('/', 1)[-1]}: {state}")
+    total = status.get("total") or 1
+    st.progress(min(1.0, (status.get("step") or 0) / total), text=status.get("message") or "")
+    if status.get("error"):
+        st.error(status["error"])
+    if state in jobs.ACTIVE and st.button("Stop export"):
+        jobs.kill(folder)
+    with st.expander("Log"):
+        st.code(jobs.tail(f"{folder}/{jobs.LOG}", 4000) or "(empty)")
+
+
+progress()
+
+st.subheader("Exports")
+exports = list_exports()
+if not exports:
+    st.caption(f"None yet (they go to {exports_dir()}).")
+for item in exports:
+    with st.expander(f"{item['export']} — {item['state']} — {', '.join(item['files']) or 'no GGUF yet'}"):
+        st.write({k: item[k] for k in ("run", "checkpoint", "dataset", "base_model")})
+        rep = report(item["path"])
+        if rep.get("quants"):
+            st.caption(f"Verification on {rep['prompts']} fixed prompts vs {rep['reference']}")
+            st.dataframe(pd.DataFrame([{"quant": q, **v} for q, v in rep["quants"].items()]), hide_index=True)
+        if st.button("Watch", key=f"watch-{item['export']}"):
+            st.session_state["export_dir"] = item["path"]
+            st.rerun()
