@@ -142,16 +142,16 @@ class Stream:
         self.text = ""
         self.stats = Stats(prompt_tokens=len(self.tokens), trimmed_messages=dropped)
         self._prep_s = time.perf_counter() - t0
-        self._started = False
+        self._gen: Iterator[str] | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
 
     def __iter__(self) -> Iterator[str]:
-        if self._started:
-            raise RuntimeError("a Stream can be iterated once")
-        self._started = True
-        return self._run()
+        # One generation per Stream: iter() again (st.write_stream does) continues the same one.
+        if self._gen is None:
+            self._gen = self._run()
+        return self._gen
 
     def _run(self) -> Iterator[str]:
         engine, st = self.engine, self.stats
