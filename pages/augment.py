@@ -27,8 +27,9 @@ hub_id = st.text_input("Hub dataset id (needs network)", key="hub_id", placehold
 with st.expander("Generated rows", expanded=True):
     gens = st.multiselect("Generators (reasoning-gym math/logic, human_eval code)", generator_names(),
                           default=list(MATH_LOGIC_500), key="generators")
-    per_gen = {g: st.number_input(f"{g}: rows", 1, 10_000, MATH_LOGIC_500.get(g, 20 if g == HUMAN_EVAL else 40),
-                                  key=f"count_{g}") for g in gens}
+    grid = st.columns(4)
+    per_gen = {g: grid[i % 4].number_input(f"{g}: rows", 1, 10_000, MATH_LOGIC_500.get(g, 20 if g == HUMAN_EVAL else 40),
+                                           key=f"count_{g}") for i, g in enumerate(gens)}
     c1, c2 = st.columns(2)
     level = c1.selectbox("Difficulty (curriculum level; gsm_symbolic and human_eval keep defaults)",
                          ["default", 0, 1, 2, 3, 4], key="difficulty")
