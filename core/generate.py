@@ -35,6 +35,9 @@ from core.errors import IrisError
 
 HUMAN_EVAL = "human_eval"
 HUMAN_EVAL_SIZE = 164
+# "composite" only mixes other generators (configured in code); these others have no single reference
+# answer (a checker scores any valid solution), so there is nothing to write into the assistant turn.
+UNUSABLE = {"composite", "boxnet", "graph_color", "propositional_logic", "rubiks_cube", "rush_hour"}
 # Items tried per requested row before giving up: unanswerable or duplicate items are skipped.
 MAX_TRIES_PER_ROW = 4
 # A ready-made math + logic mixture (counts sum to 500): what the example recipe asks for.
@@ -60,22 +63,28 @@ class GeneratorSpec:
             raise IrisError(f"human_eval has {HUMAN_EVAL_SIZE} tasks; asked for {self.count}.")
         if self.name == HUMAN_EVAL and self.difficulty is not None:
             raise IrisError("human_eval has no difficulty setting: leave difficulty empty.")
+        if self.difficulty is not None and self.difficulty < 0:
+            raise IrisError(f"generator {self.name!r}: difficulty must be ≥ 0 (0 = easiest), got {self.difficulty}.")
 
 
 def generator_names() -> list[str]:
     """Every generator name Iris accepts: reasoning-gym's registry plus human_eval."""
     from reasoning_gym.factory import DATASETS
 
-    return sorted(DATASETS) + [HUMAN_EVAL]
+    return sorted(set(DATASETS) - UNUSABLE) + [HUMAN_EVAL]
 
 
 def check_generator(name: str) -> str:
+    if name in UNUSABLE:
+        why = "only mixes other generators: list those instead" if name == "composite" else \
+            "has no single reference answer to write as a solution: pick another"
+        raise IrisError(f"generator {name!r} {why}.")
     names = generator_names()
     if name not in names:
         close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(names[:12])}, ..."
-        raise IrisError(f"unknown generator {name!r}: {hint} (`python -c 'from core.generate import "
-                        "generator_names; print(generator_names())'` lists all {len(names)}).")
+        raise IrisError(f"unknown generator {name!r}: {hint} (all {len(names)}: `python -c \"from core.generate "
+                        "import generator_names; print(generator_names())\"`).")
     return name
 
 
@@ -102,7 +111,11 @@ def _reasoning_gym(spec: GeneratorSpec, seed: int) -> list[tuple[str, str, str]]
     import reasoning_gym
 
     size = spec.count * MAX_TRIES_PER_ROW
-    dataset = reasoning_gym.create_dataset(spec.name, **_config(spec, seed, size))
+    config = _config(spec, seed, size)
+    try:
+        dataset = reasoning_gym.create_dataset(spec.name, **config)
+    except (ValueError, AssertionError, TypeError) as err:  # the generator's own config validation
+        raise IrisError(f"generator {spec.name!r} refused its settings ({err}): try another difficulty.") from None
     out, questions = [], set()
     for idx in range(size):
         entry = dataset[idx]

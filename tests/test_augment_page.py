@@ -2,7 +2,8 @@
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
-from core import versions
+from core import augment, versions
+from core.generate import GeneratorSpec
 
 PAGE = "../pages/augment.py"
 
@@ -55,3 +56,18 @@ def test_page_shows_one_error_for_shares_that_do_not_add_up():
     assert [e.value for e in at.error] == ["the shares add up to 0.7, not 1: base 0.5, generated 0.2."]
     assert len(at.button) == 0  # nothing to preview or save until the shares are fixed
     assert [m["name"] for m in versions.list_versions()] == ["base"]
+
+
+def test_augmented_version_can_be_picked_on_the_train_page():
+    _base_version()
+    recipe = augment.AugmentRecipe(sources=[
+        augment.SourceSpec(name="base", kind="version", version="base"),
+        augment.SourceSpec(name="math", kind="generated", seed=0,
+                           generators=[GeneratorSpec("gsm_symbolic", 3), GeneratorSpec("gcd", 3)])])
+    augment.main(recipe, "base-plus-math")
+    at = AppTest.from_file("../pages/train.py", default_timeout=180).run()
+    assert not at.exception
+    picker = next(s for s in at.selectbox if s.label == "Dataset version")
+    assert "base-plus-math" in picker.options
+    picker.set_value("base-plus-math").run()
+    assert not at.exception and not at.error
