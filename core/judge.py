@@ -39,7 +39,7 @@ def parse_grades(reply: str) -> dict[str, int | None]:
     return grades
 
 
-def judge_settings(max_new_tokens: int = 48):
+def judge_settings(max_new_tokens: int = 32):  # four "criterion: N" lines ≈ 20 tokens
     from core.inference import DecodingSettings
 
     # Greedy: the same answer always gets the same grade.

@@ -64,3 +64,20 @@ def test_gguf_perplexity_agrees_with_transformers_on_the_same_weights(home_with_
     # llama.cpp multiplies Q4_1 blocks with 8-bit activations: close, not bit-equal.
     assert gg["loss"] == pytest.approx(hf["loss"], rel=0.02)
     assert 1 < gg["perplexity"] < 200
+
+
+def test_automatic_judge_grades_against_the_reference_and_is_labelled():
+    from core import judge, questions, scoring
+    from tests.test_evaluate import fake_answers
+
+    folder = evaluate.plan_dir("judged")
+    fake_answers(folder, models=["m"])
+    lines = evaluate.read_jsonl(folder / evaluate.ANSWERS)
+    (folder / evaluate.ANSWERS).write_text(__import__("json").dumps(lines[3]) + "\n")  # q4 only: one generation
+    plan = EvalPlan(name="judged", models=["m"], judge_model="smollm2-135m-instruct")
+    [rec] = judge.score_plan(folder, plan, questions.load_set("boolean_logic"))
+    assert rec["answer_id"] == lines[3]["answer_id"] and rec["rater"] == "auto:smollm2-135m-instruct"
+    assert rec["reply"].strip()  # kept for inspection; grades the reply lacks are None, never guessed
+    assert rec["total"] is None or 4 <= rec["total"] <= 20
+    assert judge.score_plan(folder, plan, questions.load_set("boolean_logic")) == []  # resumable
+    assert scoring.latest_scores(folder) == []  # never mixed into the human scores
