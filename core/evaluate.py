@@ -153,6 +153,15 @@ def expand(plan: EvalPlan, available: dict | None = None) -> tuple[list[Cell], Q
         resolve_models(plan)
     for label in plan.settings:
         decoding(plan, label)  # validates the label
+    if plan.heldout_dataset:
+        from core import versions
+
+        versions.load_manifest(plan.heldout_dataset)  # gone → one message, before any answer is generated
+    if plan.judge_model:
+        from core import inference
+
+        if inference.find_model(plan.judge_model).kind != "gguf":
+            raise IrisError(f"the automatic judge {plan.judge_model!r} must be a GGUF model (fast on CPU).")
     cells = [Cell(m, s, q.id) for m in plan.models for s in plan.settings for q in qset.questions]
     return cells, qset
 

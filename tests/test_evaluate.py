@@ -63,6 +63,8 @@ def test_plan_yaml_round_trip_and_expansion():
     (dict(models=["export:gone/model-q4_k_m.gguf"]), "no longer exist"),
     (dict(models=["smollm2-135m-instruct"], settings=["Z"]), "neither a preset"),
     (dict(models=["smollm2-135m-instruct"], question_set="nope"), "does not exist"),
+    (dict(models=["smollm2-135m-instruct"], heldout_dataset="gone"), "does not exist"),
+    (dict(models=["smollm2-135m-instruct"], judge_model="run:gone"), "no model 'run:gone'"),
 ])
 def test_bad_plans_give_one_clear_message(kwargs, needle):
     with pytest.raises(IrisError, match=needle):
