@@ -16,6 +16,7 @@ Models (ids are what the CLI takes and what transcripts store):
   export:<export>/<folder>       a merged transformers folder inside an export (transformers, fp32 CPU)
   model:<name>                   a transformers folder under IRIS_HOME/models/ (transformers, fp32 CPU)
   run:<run>                      a run's final adapter on its base model (transformers + peft)
+  run:<run>@checkpoint-<N>       a complete checkpoint's adapter on the base model
   a path                         to a .gguf file, a transformers folder or an adapter folder
 The engines themselves (prompt from the model's own chat template, history trimming, KV-cache
 reuse, streaming, stop) live in `core.engines`.
@@ -145,14 +146,22 @@ def list_chat_models() -> list[ChatModel]:
         if (folder / "config.json").exists():
             out.append(ChatModel(f"model:{folder.name}", f"{folder.name} (transformers, fp32)", "hf", str(folder),
                                  {"base_model": folder.name, "quant": "fp32"}))
+    from core.train import checkpoint_dir, list_checkpoints
+
     for run in listed(runs_dir()):
+        cfg = _yaml(run / "config.yaml")
+        base = str(cfg.get("base_model") or "")
+        lineage = {"run": run.name, "dataset": cfg.get("dataset"), "base_model": base, "quant": "fp32"}
         adapter = run / "adapter"
         if (adapter / "adapter_config.json").exists():
-            cfg = _yaml(run / "config.yaml")
-            base = str(cfg.get("base_model") or "")
             out.append(ChatModel(f"run:{run.name}", f"{run.name} (adapter on {base or '?'})", "adapter", str(adapter),
-                                 {"run": run.name, "dataset": cfg.get("dataset"), "base_model": base,
-                                  "quant": "fp32"}, base=base))
+                                 lineage, base=base))
+        for step in reversed(list_checkpoints(run)):  # complete checkpoints only, newest first
+            ckpt = checkpoint_dir(run, step)
+            if (ckpt / "adapter_config.json").exists():
+                out.append(ChatModel(f"run:{run.name}@{ckpt.name}", f"{run.name} · {ckpt.name} (adapter on "
+                                     f"{base or '?'})", "adapter", str(ckpt), {**lineage, "checkpoint": ckpt.name},
+                                     base=base))
     return out
 
 

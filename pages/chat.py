@@ -59,6 +59,7 @@ with tab_chat:
     if ss.partial:  # the stop button interrupted the last answer: keep what had arrived
         ss.messages.append({"role": "assistant", "content": ss.partial, "note": "stopped"})
         ss.partial = None
+        ss.transcript = chat.save_chat(model_id, system, settings, ss.messages, ss.transcript)
     for m in ss.messages:
         with st.chat_message(m["role"]):
             st.markdown(m["content"])

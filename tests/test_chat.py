@@ -137,6 +137,12 @@ def test_registry_lists_exports_merged_folders_and_run_adapters(tiny_llama3_dir)
     assert g.kind == "gguf" and g.lineage == {"run": "r1", "checkpoint": "checkpoint-2", "dataset": "sample-v1",
                                               "base_model": "tiny", "export": "e1", "quant": "Q4_K_M"}
     assert models["export:e1/merged"].kind == "hf" and models["export:e1/merged"].lineage["run"] == "r1"
+    ckpt = runs_dir() / "r1" / "checkpoints" / "checkpoint-2"
+    shutil.copytree(runs_dir() / "r1" / "adapter", ckpt)
+    (ckpt / "COMPLETE").write_text("")
+    models = {m.id: m for m in inference.list_chat_models()}
+    assert models["run:r1@checkpoint-2"].lineage["checkpoint"] == "checkpoint-2"
+    assert models["run:r1@checkpoint-2"].path == str(ckpt)
     r = models["run:r1"]
     assert r.kind == "adapter" and r.lineage["dataset"] == "sample-v1" and r.base == str(tiny_llama3_dir)
     answer = inference.load_engine("run:r1").generate(chat.compare_messages("", "Hi"), GREEDY)
