@@ -28,6 +28,12 @@ def measured(_df, key: str, tokenizer: str):
     return measure.measure(_df, tokenizer)
 
 
+@st.cache_data(max_entries=4, show_spinner="Plotting…")
+def figures(_df, _m, key: str, tokenizer: str):
+    near = measure.near_clusters(measure.near_pairs(_df), len(_df), 0.6)
+    return data_view.stats_figures(_df, _m, near)
+
+
 @st.cache_resource(max_entries=4, show_spinner="Applying the recipe…")
 def filtered(_df, key: str, recipe_yaml: str, _m):
     return apply_recipe(_df, DataRecipe.from_yaml(recipe_yaml), measurements=_m)
@@ -93,8 +99,7 @@ with browse:
             st.markdown(turn["content"] or "*(empty turn)*")
 
 with stats:
-    near = measure.near_clusters(measure.near_pairs(df), len(df), 0.6)
-    for title, fig in data_view.stats_figures(df, m, near).items():
+    for title, fig in figures(df, m, key, tokenizer).items():
         st.subheader(title)
         st.plotly_chart(fig, use_container_width=True)
 
