@@ -75,14 +75,17 @@ def test_stop_flag(engine):
 
 
 def test_concurrent_threads_keep_their_own_answers(engine):
-    prompts = [QUESTION, "What is 2 + 2? Answer with a number.", "Name a colour of the sky."]
-    expected = {p: engine.generate(chat.compare_messages("", p), GREEDY).text for p in prompts}
+    # Exact text can differ by KV-cache history (a prompt evaluated in one batch or in two rounds
+    # differently, and greedy can flip on a near tie), so each thread checks its own fact instead.
+    prompts = {QUESTION: "Paris", "What is the capital of Japan? Answer in one word.": "Tokyo",
+               "What is the capital of Italy? Answer in one word.": "Rome"}
+    assert all(want in engine.generate(chat.compare_messages("", p), GREEDY).text for p, want in prompts.items())
     got: dict[int, tuple[str, str]] = {}
     errors: list[BaseException] = []
 
     def work(i):
         try:
-            p = prompts[i % 3]
+            p = list(prompts)[i % 3]
             got[i] = (p, engine.generate(chat.compare_messages("", p), GREEDY).text)
         except BaseException as err:  # surfaced below
             errors.append(err)
@@ -92,7 +95,10 @@ def test_concurrent_threads_keep_their_own_answers(engine):
         th.start()
     for th in threads:
         th.join()
-    assert not errors and len(got) == 6 and all(text == expected[p] for p, text in got.values())
+    assert not errors and len(got) == 6
+    for p, text in got.values():
+        others = [w for q, w in prompts.items() if q != p]
+        assert prompts[p] in text and not any(w in text for w in others), (p, text)
 
 
 def test_bad_gguf_files_give_one_clear_message(tmp_path):
