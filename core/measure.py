@@ -143,9 +143,12 @@ def repetition_ratio(texts: list[str], ngram: int = 3) -> np.ndarray:
         sh, doc = dedup.shingle_hashes(texts[lo:lo + 4000], ngram)
         if not len(sh):
             continue
-        order = np.lexsort((sh, doc))
-        sh, doc = sh[order], doc[order]
-        repeat = np.concatenate([[False], (sh[1:] == sh[:-1]) & (doc[1:] == doc[:-1])])
+        # one sort on the n-gram hash mixed with its text's index: equal neighbours = a repeat in one text
+        with np.errstate(over="ignore"):
+            key = sh ^ (doc.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        order = np.argsort(key)
+        key, doc = key[order], doc[order]
+        repeat = np.concatenate([[False], key[1:] == key[:-1]])
         total = np.bincount(doc, minlength=min(4000, len(texts) - lo))
         reps = np.bincount(doc, weights=repeat, minlength=len(total))
         out[lo:lo + len(total)] = np.where(total >= ngram, reps / np.maximum(total, 1), 0)
@@ -205,7 +208,7 @@ def near_pairs(df, base_threshold: float = 0.5, timings: dict | None = None):
         start = time.perf_counter()
         sig = dedup.minhash_signatures(texts)
         mid = time.perf_counter()
-        cand = dedup.lsh_candidates(sig, base_threshold)
+        cand = dedup.plausible_pairs(sig, dedup.lsh_candidates(sig, base_threshold), base_threshold)
         del sig
         jac = dedup.exact_jaccard(texts, cand)
         if timings is not None:
