@@ -104,7 +104,7 @@ def plan(cfg: ExportConfig, src: Source | None = None) -> list[preflight.Plan]:
     ram, disk = preflight.available(cfg.ram_budget_gb, cfg.disk_budget_gb, exports_dir())
     merge = cfg.mode == "merged" and src.adapter_dir is not None
     return preflight.alternatives(size, cfg.quants, cfg.mode, merge, cfg.verify, preflight.adapter_bytes(src.adapter_dir),
-                                  cfg.threads or preflight.default_threads(), ram, disk)
+                                  cfg.threads or preflight.default_threads(), ram, disk, cfg.keep_merged and merge)
 
 
 def argv(cfg: ExportConfig) -> list[str]:
@@ -198,6 +198,8 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
     begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
     f16 = convert.convert_hf(model_dir, work / f"{name}-f16.gguf")
     end()
+    if merge_info is not None and not cfg.verify and not cfg.keep_merged:
+        shutil.rmtree(model_dir)  # converted; nothing reads it again, so give the disk back now
     ggufs: dict[str, Path] = {}
     for quant in cfg.quants:
         if quant == "f16":

@@ -4,8 +4,8 @@ Sizes come from the safetensors headers (no weights read); the per-step memory a
 calibrated on the Llama-3.2-1B config on a 2-core machine (see bench/export.py):
 
   merge     one base tensor in fp32 + its LoRA delta, or a 64 MB slab of an untouched one
-  convert   llama.cpp's converter: Python + torch, then one tensor memory-mapped plus its f16 copy
-            (a bf16/f32 source widens its largest tensor to f32 first)
+  convert   llama.cpp's converter: Python, torch and the tokenizer, then one tensor memory-mapped
+            (a bf16 source widens its largest tensor to f32 and back: ~3× more)
   quantize  llama_model_quantize: the largest f16 tensor mapped, plus fixed-size slabs of rows
   verify    transformers holds the whole merged model in fp32; each GGUF is mapped in turn
 
@@ -25,6 +25,7 @@ from core.merge import DTYPE_BYTES, model_index, read_header
 GB = 1024**3
 MB = 1024**2
 PYTHON_TORCH = 400 * MB  # RSS of a Python process that imported torch (+ numpy, safetensors)
+CONVERTER = 700 * MB  # llama.cpp's converter before tensors: torch, transformers, the 128k-vocab tokenizer
 PYTHON_LLAMA = 80 * MB  # RSS of the quantizing process (ctypes llama.cpp, no torch needed)
 QUANT_BUF = 64 * MB  # max_buf_size handed to llama_model_quantize (rows kept in memory at once)
 # GGUF bytes per parameter (K-quants keep the tied embedding / output in q6_K)
@@ -32,6 +33,8 @@ BYTES_PER_PARAM = {"q4_k_m": 0.62, "q5_k_m": 0.72, "q8_0": 1.07, "f16": 2.0}
 # seconds per billion parameters on 2 cores (bench/export.py); threads scale the quantizers
 SECONDS_PER_B = {"merge": 10.0, "convert": 15.0, "q4_k_m": 31.0, "q5_k_m": 31.0, "q8_0": 7.5, "f16": 0.5,
                  "verify_load": 12.0, "verify_gguf": 8.0}
+# fixed start-up seconds per step (imports; the converter loads the tokenizer: ~10 s for Llama-3's 128k vocab)
+FIXED_S = {"merge": 5.0, "convert": 15.0, "quantize": 0.5, "verify": 15.0}
 
 
 @dataclass
@@ -117,7 +120,7 @@ def adapter_bytes(adapter_dir: Path | None) -> int:
 
 
 def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify: bool, adapter: int = 0,
-             threads: int = 2, ram_available: int = 0, disk_available: int = 0) -> Plan:
+             threads: int = 2, ram_available: int = 0, disk_available: int = 0, keep_merged: bool = False) -> Plan:
     """The steps of one export path with their peak RAM, disk and time.
 
     `merge`: a LoRA is merged into a 16-bit copy first (else the source folder is converted as is).
@@ -130,30 +133,33 @@ def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify:
     if merge:
         disk += size.params * 2
         steps.append(Step("merge", PYTHON_TORCH + 3 * size.largest_linear * 4 + 3 * QUANT_BUF + 2 * adapter,
-                          disk, SECONDS_PER_B["merge"] * b))
+                          disk, FIXED_S["merge"] + SECONDS_PER_B["merge"] * b))
         src_bytes = 2
     else:
         src_bytes = size.dtype_bytes
-    # a 16-bit source is copied once; bf16/f32 go through an f32 copy first
-    widen = 0 if (merge or size.src_dtype == "F16") else size.largest * 4
+    # the converter maps one tensor at a time; f16 is written as is, bf16 widens to f32 then narrows to
+    # f16, f32 narrows to an f16 copy (measured: 1.24 GiB from f16, 2.23 GiB from bf16, Llama-3.2-1B)
+    extra = 0 if (merge or size.src_dtype == "F16") else size.largest * (4 if size.src_dtype == "BF16" else 2)
     disk += f16_file
-    steps.append(Step("convert", PYTHON_TORCH + size.largest * (src_bytes + 2) + widen, disk,
-                      SECONDS_PER_B["convert"] * b))
+    steps.append(Step("convert", CONVERTER + size.largest * src_bytes + extra, disk,
+                      FIXED_S["convert"] + SECONDS_PER_B["convert"] * b))
+    if merge and not verify and not keep_merged:
+        disk -= size.params * 2  # the merged copy is deleted once converted (verification would need it)
     for q in quants:
         if q == "f16":
             continue
         disk += int(size.params * BYTES_PER_PARAM[q])
         steps.append(Step(f"quantize {q}", PYTHON_LLAMA + size.largest * 2 + 3 * QUANT_BUF, disk,
-                          SECONDS_PER_B[q] * b * speed))
+                          FIXED_S["quantize"] + SECONDS_PER_B[q] * b * speed))
     if mode == "lora":
         disk += 2 * adapter
-        steps.append(Step("convert LoRA", PYTHON_TORCH + 3 * adapter, disk, 5.0))
+        steps.append(Step("convert LoRA", PYTHON_TORCH + 3 * adapter, disk, FIXED_S["convert"]))
     if "f16" not in quants:
         disk -= f16_file  # the intermediate f16 GGUF is deleted
     if verify:
         biggest_gguf = max(int(size.params * BYTES_PER_PARAM[q]) for q in quants)
         ram = PYTHON_TORCH + size.params * 4 + 2 * adapter + biggest_gguf + 200 * MB
-        steps.append(Step("verify", ram, disk, SECONDS_PER_B["verify_load"] * b
+        steps.append(Step("verify", ram, disk, FIXED_S["verify"] + SECONDS_PER_B["verify_load"] * b
                           + SECONDS_PER_B["verify_gguf"] * b * len(quants) * speed))
     words = ("merge → " if merge else "") + "f16 GGUF → " + ", ".join(quants) + (" + LoRA GGUF" if mode == "lora" else "")
     return Plan(words + (" → verify" if verify else ""), steps, ram_available, disk_available)
@@ -171,9 +177,9 @@ def available(ram_budget_gb: float | None, disk_budget_gb: float | None, where: 
 
 
 def alternatives(size: ModelSize, quants: list[str], mode: str, merge: bool, verify: bool, adapter: int,
-                 threads: int, ram: int, disk: int) -> list[Plan]:
+                 threads: int, ram: int, disk: int, keep_merged: bool = False) -> list[Plan]:
     """The chosen path first, then cheaper ones in the order a user would give things up."""
-    plans = [estimate(size, quants, mode, merge, verify, adapter, threads, ram, disk)]
+    plans = [estimate(size, quants, mode, merge, verify, adapter, threads, ram, disk, keep_merged)]
     if verify:
         plans.append(estimate(size, quants, mode, merge, False, adapter, threads, ram, disk))
     smallest = min(quants, key=lambda q: BYTES_PER_PARAM[q])

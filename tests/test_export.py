@@ -72,11 +72,14 @@ def test_preflight_refuses_a_budget_that_is_too_small(tiny_llama3_dir):
     assert plans[0].fits and plans[0].peak_ram > 0 and plans[0].disk > 0 and plans[0].time_s > 0
     assert [s.name for s in plans[0].steps] == ["merge", "convert", "quantize q8_0", "verify"]
 
-    # verification (the merged model in fp32) is the largest step: a budget just under it is refused,
-    # and the message names the path that fits
-    verify_ram = plans[0].steps[-1].peak_ram
-    cfg = ExportConfig(source="r1", quants=["q8_0", "f16"], ram_budget_gb=(verify_ram - 1) / 1024**3)
-    with pytest.raises(IrisError, match="would not fit: verify needs .* choose merge → f16 GGUF → q8_0, f16 instead"):
+    # a budget one byte under the estimated peak is refused, naming the step; the message offers the
+    # first cheaper path that fits, or says what to free when none does
+    worst = max(plans[0].steps, key=lambda s: s.peak_ram)
+    budget = plans[0].peak_ram - 1
+    cheaper = next((p for p in plans[1:] if p.peak_ram <= budget), None)
+    hint = f"choose {cheaper.path} instead" if cheaper else "free memory or disk"
+    cfg = ExportConfig(source="r1", quants=["q8_0", "f16"], ram_budget_gb=budget / 1024**3)
+    with pytest.raises(IrisError, match=f"would not fit: {worst.name} needs .*; {hint}"):
         main(cfg)
     with pytest.raises(IrisError, match="of disk"):
         main(ExportConfig(source="r1", quants=["q8_0"], disk_budget_gb=0.001))

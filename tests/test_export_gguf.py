@@ -1,0 +1,120 @@
+"""Export through llama.cpp (slow): the GGUF loads and chats, q8_0 agrees with the merged model, outputs are atomic."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core import jobs
+from core.errors import IrisError
+from core.export import ExportConfig, launch, main
+from core.paths import exports_dir, read_json, runs_dir
+from tests.export_helpers import make_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llama3_256(tmp_path_factory) -> Path:
+    """Tiny Llama with the real Llama-3 vocab and rows of 256 (K-quants need multiples of 256)."""
+    from tests.helpers import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("llama3_256") / "model", hidden=256, intermediate=512,
+                           heads=4, kv_heads=2)
+
+
+def _chat(gguf: Path, lora: Path | None = None) -> str:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=256, verbose=False, seed=0)
+    out = llm.create_chat_completion([{"role": "user", "content": "Hello!"}], max_tokens=4, temperature=0)
+    return out["choices"][0]["message"]["content"]
+
+
+def test_run_checkpoint_exports_as_a_job_to_q8_0_and_q4_k_m(llama3_256):
+    from core.convert import gguf_metadata
+
+    make_run(runs_dir(), "tiny", str(llama3_256), llama3_256, checkpoints=(2,), final=True, dataset="chat-v3")
+    folder = launch(ExportConfig(source="tiny", checkpoint=2, quants=["q8_0", "q4_k_m"]))
+    status = jobs.wait(folder, timeout_s=900)
+    assert status["state"] == "completed", jobs.tail(folder / jobs.LOG)
+    assert folder.name == "tiny-ckpt2"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "export.json", "export.yaml", "job.log", "report.json", "status.json",
+        "tiny-ckpt2-q4_k_m.gguf", "tiny-ckpt2-q8_0.gguf"]
+    assert not list(folder.glob(".*"))  # no temporaries or work folder left behind
+    info = read_json(folder / "export.json")
+    assert info["source"] == {"run": "tiny", "checkpoint": 2, "dataset": "chat-v3", "base_model": str(llama3_256)}
+    assert info["files"] == ["tiny-ckpt2-q8_0.gguf", "tiny-ckpt2-q4_k_m.gguf"] and info["quants"] == ["q8_0", "q4_k_m"]
+    assert info["chat_template"] and info["tokenizer_pre"] == "llama-bpe"
+    report = read_json(folder / "report.json")
+    assert report["prompts"] == 8
+    assert report["quants"]["q8_0"]["top1_agreement"] >= 0.9
+    assert report["quants"]["q8_0"]["logit_correlation"] >= 0.99
+    assert report["quants"]["q4_k_m"]["top1_agreement"] >= 0.7
+    meta = gguf_metadata(folder / "tiny-ckpt2-q4_k_m.gguf")
+    assert "<|start_header_id|>" in meta["tokenizer.chat_template"]  # the Llama-3 template travelled
+    assert isinstance(_chat(folder / "tiny-ckpt2-q4_k_m.gguf"), str)
+    log = (folder / jobs.LOG).read_text()
+    assert "[export] merging" in log and "[export] quantizing to q4_k_m" in log
+
+
+def test_embedded_smollm2_run_exports_q8_0_that_agrees_and_chats(home_with_model):
+    from core.models import EMBEDDED_ID, resolve
+
+    base = resolve(EMBEDDED_ID)
+    make_run(runs_dir(), "smol", EMBEDDED_ID, base, checkpoints=(), final=True)
+    folder = main(ExportConfig(source="smol", quants=["q8_0"], keep_merged=True))
+    report = read_json(folder / "report.json")
+    assert report["quants"]["q8_0"]["top1_agreement"] >= 0.9, report
+    gguf = folder / "smol-q8_0.gguf"
+    assert (folder / "merged" / "model.safetensors").exists()
+    from llama_cpp import Llama
+
+    from core.convert import gguf_metadata
+
+    assert "<|im_start|>" in gguf_metadata(gguf)["tokenizer.chat_template"]
+    # Known issue (foundation): the materialised SmolLM2 tokenizer.json carries a ByteFallback decoder, so
+    # llama.cpp's converter writes it as a SentencePiece ('llama') vocab, and llama.cpp aborts the process
+    # when it tokenizes a newline (no <0x0A> byte token). Until that tokenizer is fixed, generate from
+    # newline-free text; a chat template (newlines) would kill the test process rather than fail it.
+    llm = Llama(model_path=str(gguf), n_ctx=128, verbose=False, seed=0)
+    out = llm.create_completion("The capital of France is", max_tokens=4, temperature=0)
+    assert isinstance(out["choices"][0]["text"], str)
+
+
+def test_lora_only_gguf_is_applied_by_llama_cpp(llama3_256):
+    make_run(runs_dir(), "lo", str(llama3_256), llama3_256, checkpoints=(), final=True)
+    folder = main(ExportConfig(source="lo", quants=["f16"], mode="lora"))
+    info = read_json(folder / "export.json")
+    assert info["lora"] == "lo-lora-f16.gguf" and info["files"] == ["lo-f16.gguf", "lo-lora-f16.gguf"]
+    # the reference is base + adapter (peft); llama.cpp applies the LoRA GGUF to the base GGUF
+    assert read_json(folder / "report.json")["quants"]["f16"]["top1_agreement"] >= 0.9
+    assert isinstance(_chat(folder / "lo-f16.gguf", folder / "lo-lora-f16.gguf"), str)
+
+
+def test_failed_conversion_leaves_no_gguf_and_says_why(llama3_256, tmp_path):
+    """A model llama.cpp cannot convert: the job fails with one sentence and no GGUF appears."""
+    import shutil
+
+    model = tmp_path / "odd-model"
+    shutil.copytree(llama3_256, model)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["NoSuchArchForCausalLM"]
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(IrisError, match="llama.cpp cannot convert this architecture|failed"):
+        main(ExportConfig(source=str(model), quants=["q8_0"], verify=False))
+    folder = exports_dir() / "odd-model"
+    assert read_json(folder / "status.json")["state"] == "failed"
+    assert not list(folder.rglob("*.gguf")) and not list(folder.glob(".*")) and not (folder / "export.json").exists()
+
+
+def test_quantize_failure_removes_its_temporary(tmp_path):
+    from core.convert import quantize
+
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(IrisError, match="could not quantize"):
+        quantize(bogus, tmp_path / "out-q8_0.gguf", "q8_0", 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.gguf"]
