@@ -137,6 +137,25 @@ def _download(model_id: str) -> Path:
                         f"or copy the model folder into {models_dir()}.") from None
 
 
+def _restore_byte_level(tokenizer) -> None:
+    """Give the GGUF-loaded tokenizer back SmolLM2's real byte-level BPE pipeline.
+
+    transformers rebuilds a GGUF 'gpt2' vocab with a SentencePiece-style ByteFallback decoder and no
+    digit splitting. llama.cpp's converter then takes the folder for a SentencePiece vocab, and the
+    GGUF it writes aborts on the first space. SmolLM2's GGUF says `tokenizer.ggml.pre = smollm`:
+    single digits, then GPT-2's byte-level split; the converter recognises that pipeline by its hash.
+    """
+    from tokenizers import decoders, pre_tokenizers
+
+    backend = tokenizer.backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    backend.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    backend.model.byte_fallback = False
+
+
 @contextlib.contextmanager
 def _lock(name: str):
     """An exclusive file lock, so two processes never materialise the same model at once."""
@@ -170,6 +189,8 @@ def materialise_embedded() -> Path:
         tokenizer.eos_token = "<|im_end|>"
         tokenizer.pad_token = "<|im_end|>"
         tokenizer.model_max_length = 8192
+        tokenizer.clean_up_tokenization_spaces = False  # destructive for byte-level BPE
+        _restore_byte_level(tokenizer)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses a GGUF-loaded model; a fresh model with the same weights saves fine.
         config = loaded.config.to_dict()

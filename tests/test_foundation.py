@@ -207,6 +207,27 @@ def test_embedded_model_materialises_as_a_trainable_checkpoint(home_with_model, 
 
 
 @pytest.mark.slow
+def test_materialised_tokenizer_matches_the_embedded_gguf(embedded_model_dir):
+    """llama.cpp's converter must see SmolLM2's byte-level BPE (pre-tokenizer 'smollm'), not a
+    SentencePiece vocab: token ids and decoded text agree with the GGUF's own tokenizer."""
+    import json
+
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from core import models
+
+    tj = json.loads((embedded_model_dir / "tokenizer.json").read_text())
+    assert tj["decoder"]["type"] == "ByteLevel" and not tj["model"].get("byte_fallback")
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    vocab = Llama(str(models.embedded_gguf_path()), vocab_only=True, verbose=False)
+    for text in ["Hello world, it's 12345 tokens!\n\n  x = 3.14", "Ünïcode — naïve café 🚀", "a  b\tc"]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == vocab.tokenize(text.encode(), add_bos=False, special=False), text
+        assert tok.decode(ids) == text
+
+
+@pytest.mark.slow
 def test_embedded_gguf_answers_through_llama_cpp():
     from llama_cpp import Llama
 

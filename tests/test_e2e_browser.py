@@ -1,0 +1,114 @@
+"""The whole path in a real browser, as a new user would: load the bundled sample → default filter →
+save a version → CPU-quick LoRA run for a few steps → export q8_0 → chat with the export and the base
+side by side. The app is started by README command 1 (`make app`) on a free port with a fresh IRIS_HOME;
+Debian's Chromium is driven by Playwright. Screenshots of each step land in test-artifacts/e2e/."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.e2e_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+
+
+def shot(page, name: str) -> None:
+    out = ARTIFACTS / "e2e"
+    out.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the Streamlit selectbox labelled `label`."""
+    page.get_by_label(label).first.click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+
+
+def set_number(page, label: str, value) -> None:
+    box = page.get_by_label(label).first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def goto(page, title: str) -> None:
+    page.get_by_role("link", name=title).first.click()
+    page.get_by_role("heading", name=title).first.wait_for(timeout=120_000)
+
+
+def test_clone_filter_train_export_chat(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    home = tmp_path / "iris_home"
+    t_start = time.time()
+    timings = {}
+    with running_app(home) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(300_000)
+        try:
+            _walk(page, url, t_start, timings)
+        except Exception:
+            shot(page, "failure")
+            raise
+        finally:
+            browser.close()
+    print("e2e timings (s from `make app`):", {k: round(v, 1) for k, v in timings.items()})
+
+
+def _walk(page, url: str, t_start: float, timings: dict) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    page.get_by_text("Nothing yet").wait_for()
+    shot(page, "1-home")
+
+    # Data: the bundled sample, the default recipe, a saved version.
+    goto(page, "Data")
+    page.get_by_role("button", name="Load").click()
+    page.get_by_text(re.compile(r"rows from sample")).wait_for(timeout=300_000)
+    page.get_by_role("tab", name="Filter").click()
+    save = page.get_by_role("button", name=re.compile(r"Save [\d,]+ rows as a version"))
+    save.wait_for(timeout=600_000)
+    page.get_by_label("New version name").fill("sample-filtered")
+    page.get_by_label("Eval split fraction").fill("0.05")
+    save.click()
+    page.get_by_text(re.compile("Saved version sample-filtered")).wait_for(timeout=300_000)
+    shot(page, "2-data-filtered")
+
+    # Train: the CPU-quick preset, a few steps.
+    goto(page, "Train")
+    choose(page, "Dataset version", "sample-filtered")
+    set_number(page, "Max steps (0: use epochs)", 4)
+    set_number(page, "Save a checkpoint every N steps", 2)
+    set_number(page, "Eval loss every N steps (0: off)", 2)
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_text(re.compile("Launched")).wait_for()
+    page.get_by_role("tab", name="Runs").click()
+    page.get_by_text(re.compile(r"completed: step 4/4")).wait_for(timeout=900_000)
+    timings["trained"] = time.time() - t_start
+    shot(page, "3-train-completed")
+
+    # Export: q8_0 of the run's final adapter.
+    goto(page, "Export")
+    quants = page.get_by_label("Quantizations")
+    page.get_by_role("button", name=re.compile("Clear all")).first.click()
+    quants.click()
+    page.get_by_role("option", name="q8_0").click()
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="Export", exact=True).click()
+    page.get_by_text(re.compile(r"completed")).first.wait_for(timeout=900_000)
+    timings["exported"] = time.time() - t_start
+    shot(page, "4-export-completed")
+
+    # Chat: the export and the base, side by side.
+    goto(page, "Chat")
+    page.get_by_role("tab", name="Compare").click()
+    page.get_by_label("Prompt").fill("What is a Boolean operator? Answer in one sentence.")
+    page.get_by_role("button", name="Send to grid").click()
+    page.get_by_text("Saved comparison").wait_for(timeout=600_000)
+    timings["first_answer"] = time.time() - t_start
+    shot(page, "5-chat-compare")
+    answers = page.get_by_text(re.compile(r"tok/s"))
+    expect(answers.first).to_be_visible()
