@@ -27,7 +27,7 @@ from pathlib import Path
 from core import jobs
 from core.config import load_yaml, save_yaml
 from core.errors import IrisError, cli_exit
-from core.paths import check_name, evals_dir
+from core.paths import check_name, evals_dir, read_jsonl
 from core.questions import QuestionSet, load_set
 
 PLAN, ANSWERS = "plan.yaml", "answers.jsonl"
@@ -185,20 +185,6 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete JSON line (a fragment left by a killed writer is skipped)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def read_answers(folder: Path) -> list[dict]:

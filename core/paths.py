@@ -112,6 +112,20 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete JSON line of an append-only log (a line torn by a killed writer is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a hidden temporary name and rename it into place only if the block succeeds.

@@ -27,7 +27,7 @@ from pathlib import Path
 from core import jobs, versions
 from core.config import load_yaml, save_yaml
 from core.errors import IrisError, cli_exit
-from core.paths import atomic_dir, free_disk_bytes, runs_dir
+from core.paths import atomic_dir, free_disk_bytes, read_jsonl, runs_dir
 from core.train_config import TrainConfig
 
 CONFIG, METRICS, LOG, CHECKPOINTS, ADAPTER = "config.yaml", "metrics.jsonl", "train.log", "checkpoints", "adapter"
@@ -77,16 +77,7 @@ def load_config(run_dir: Path) -> TrainConfig:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line torn by a kill
-    return out
+    return read_jsonl(Path(run_dir) / METRICS)
 
 
 def list_runs() -> list[dict]:
