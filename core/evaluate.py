@@ -309,11 +309,8 @@ def main(plan: EvalPlan) -> Path:
         jobs.update_status(folder, state="completed", step=total, total=total, eta_s=0,
                            message=f"{total} answers")
         return folder
-    except IrisError as err:
-        jobs.update_status(folder, state="failed", error=str(err), message="failed")
-        raise
     except BaseException as err:
-        jobs.update_status(folder, state="failed", error=f"{type(err).__name__}: {err}", message="failed")
+        jobs.mark_failed(folder, err)
         raise
 
 

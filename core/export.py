@@ -161,11 +161,8 @@ def main(cfg: ExportConfig) -> Path:
         write_json(out / "export.json", info)
         jobs.update_status(out, state="completed", step=len(chosen.steps), eta_s=0, message="done")
         return out
-    except IrisError as err:
-        jobs.update_status(out, state="failed", error=str(err), message="failed")
-        raise
     except BaseException as err:
-        jobs.update_status(out, state="failed", error=f"{type(err).__name__}: {err}", message="failed")
+        jobs.mark_failed(out, err)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -71,6 +71,12 @@ def update_status(job_dir: Path, **fields: Any) -> dict:
     return status
 
 
+def mark_failed(job_dir: Path, err: BaseException) -> None:
+    """Record why a job ended: a user error's own sentence, or the exception's type and text."""
+    error = str(err) if isinstance(err, IrisError) else f"{type(err).__name__}: {err}"
+    update_status(job_dir, state="failed", error=error, message="failed")
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

@@ -292,13 +292,11 @@ def cli(argv: list[str] | None = None) -> None:
         else:
             parser.error("give a CONFIG.yaml, or --resume RUN_DIR")
         print(f"run: {out}")
-    except IrisError as err:
-        if run_dir is not None and (run_dir / CONFIG).exists() and is_main_process():
-            jobs.update_status(run_dir, state="failed", error=str(err), message="failed")
-        cli_exit(err)
     except BaseException as err:
         if run_dir is not None and (run_dir / CONFIG).exists() and is_main_process():
-            jobs.update_status(run_dir, state="failed", error=f"{type(err).__name__}: {err}", message="failed")
+            jobs.mark_failed(run_dir, err)
+        if isinstance(err, IrisError):
+            cli_exit(err)
         raise
 
 
