@@ -163,8 +163,8 @@ def run_ours(path: Path, pairs: list[list[int]]) -> dict:
     df = formats.normalise(pd.read_parquet(path), keep_broken_roles=True)
     timings = {"load+normalise": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    from core import tokenizers
-    tokenizers.load("llama-3")
+    from core import token_count, tokenizers
+    token_count.counter_for(tokenizers.folder("llama-3"))
     timings["tokenizer load"] = time.perf_counter() - t1
     result = apply_recipe(df, default_recipe(), timings=timings)
     total = time.perf_counter() - t0

@@ -314,12 +314,12 @@ def _concat(frames):
 
 def token_counts(df, tokenizer: str) -> list[int]:
     """Tokens per row: the message contents joined (no chat template, no special tokens)."""
-    from core import tokenizers
+    from core import token_count, tokenizers
     from core.formats import conversation_text
 
-    tok = tokenizers.load(tokenizer)
+    counter = token_count.counter_for(tokenizers.folder(tokenizer))
     texts = [conversation_text(list(m)) for m in df["messages"]]
-    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return counter.count(texts, strip=False).tolist() if texts else []
 
 
 def mixture_stats(stages: dict) -> "pandas.DataFrame":  # noqa: F821

@@ -216,7 +216,7 @@ def _near(df, m, s, alive, ctx):
     from core import measure
 
     t = float(s.get("threshold"))
-    pairs = measure.near_pairs(df, measure.base_threshold_for(t), ctx.get("timings"))
+    pairs = measure.near_pairs(df, measure.base_threshold_for(t), ctx.get("timings"), key=m.attrs.get("dataset_key"))
     clusters = measure.near_clusters(pairs, len(df), t, alive)
     return clusters != np.arange(len(df)), lambda i: f"near duplicate (Jaccard ≥ {t}) of row {clusters[i]}"
 
@@ -259,8 +259,10 @@ def apply_recipe(df, recipe: DataRecipe, measurements=None, timings: dict | None
         raise IrisError("rows must be normalised to the canonical `messages` shape before filtering.")
     df = as_lists(df.reset_index(drop=True))
     if measurements is None:
-        length = recipe.step("length")
-        measurements = measure.measure(df, recipe.tokenizer if length and length.enabled else None, timings)
+        length, near = recipe.step("length"), recipe.step("near_dedup")
+        measurements = measure.measure(df, recipe.tokenizer if length and length.enabled else None, timings,
+                                       near_threshold=measure.base_threshold_for(float(near.get("threshold")))
+                                       if near and near.enabled else None)
     alive = np.ones(len(df), dtype=bool)
     reasons = np.full(len(df), "", dtype=object)
     funnel, ctx = [], {"timings": timings}
