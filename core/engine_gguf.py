@@ -1,14 +1,23 @@
 """GGUF models through llama-cpp-python, with the chat template from the GGUF and KV-cache reuse.
 
-Follow-up turns: the previous prompt plus the answer, exactly as generated, is remembered as
-(text → token ids). When the next prompt's text starts with one of those texts, its tokens are
-those ids plus the tokenised remainder, so `Llama.generate`'s prefix match finds the whole history
-already in the KV cache and evaluates only the new turn (not the history: a cold prompt of 700
-tokens becomes ~30 new ones).
+Follow-up turns: `Llama.generate` reuses the KV cache for the longest token prefix the new prompt
+shares with what it last evaluated. Re-tokenising the rendered history would break that prefix at
+the previous answer: the answer's generated token ids are often not what tokenising its text gives
+(a random-weight model, or any model, may spell a word in other pieces), and templates such as
+Llama-3's write `content | trim`, so an answer that began with a space reads differently. So each
+answered turn is remembered as (chat, rendered prompt, prompt tokens, answer text, answer tokens as
+generated). A new chat that continues a remembered one (same messages, then that answer) and whose
+rendered text starts with the remembered prompt and then the answer (as generated, or with the
+whitespace the template trimmed) gets the remembered prompt + answer tokens followed by the
+tokenised rest, so only the new turn is evaluated (a 700-token history becomes ~30 new tokens).
+The KV cache then holds the answer exactly as the model produced it; the only difference from a
+cold tokenisation of the rendered text is that token split and the trimmed whitespace. Anything
+else (an edited answer, a template that renders history differently) falls back to the remembered
+prompt's tokens or to plain tokenisation, which is always correct.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -19,7 +28,7 @@ if TYPE_CHECKING:
     from core.inference import ChatModel, DecodingSettings
 
 GGUF_MAGIC = b"GGUF"
-REMEMBERED_TURNS = 8  # conversations whose exact tokens we keep for splicing (several sessions share one engine)
+REMEMBERED_TURNS = 8  # answered turns whose exact tokens are kept (several sessions share one engine)
 
 
 def check_gguf(path: Path) -> None:
@@ -31,6 +40,34 @@ def check_gguf(path: Path) -> None:
     if magic != GGUF_MAGIC:
         raise IrisError(f"{path.name} is not a GGUF model (the file does not start with 'GGUF'): "
                         "re-export it, or pick another model.")
+
+
+@dataclass
+class _Turn:
+    """An answered turn, as the KV cache saw it."""
+
+    messages: list[dict]
+    """The chat as prompted (after trimming to the context)."""
+    text: str
+    """Its prompt as rendered by the template."""
+    prompt_tokens: list[int]
+    answer: str
+    """The answer's text as generated (and shown)."""
+    answer_tokens: list[int]
+    """The answer's token ids as generated (end-of-turn token excluded)."""
+
+    def continued_by(self, messages: list[dict]) -> bool:
+        """True when `messages` is this turn's chat, then this answer, then more."""
+        n = len(self.messages)
+        return messages[:n + 1] == self.messages + [{"role": "assistant", "content": self.answer}]
+
+    def written_answer(self, after: str) -> str | None:
+        """How the template wrote this answer at the start of `after` (the rendered text following this
+        turn's prompt): as generated, or with its leading/trailing whitespace trimmed; None if neither."""
+        for written in (self.answer, self.answer.strip(), self.answer.lstrip(), self.answer.rstrip()):
+            if written and after.startswith(written):
+                return written
+        return None
 
 
 class GGUFEngine(Engine):
@@ -63,7 +100,7 @@ class GGUFEngine(Engine):
             template=template, eos_token=m.token_get_text(eos) if eos >= 0 else "", bos_token=self.bos_text)
         self.n_ctx = min(self.llm.n_ctx(), m.n_ctx_train() or self.llm.n_ctx())
         self.ram_bytes = size + self._kv_bytes(md)
-        self._turns: OrderedDict[str, list[int]] = OrderedDict()
+        self._turns: list[_Turn] = []  # oldest first; guarded by self.lock
         self._out: list[int] = []
 
     def _kv_bytes(self, md: dict) -> int:
@@ -89,23 +126,38 @@ class GGUFEngine(Engine):
         return self.formatter(messages=messages).prompt
 
     def tokenize(self, text: str) -> list[int]:
-        best = ""
-        for known in self._turns:
-            if len(known) > len(best) and text.startswith(known):
-                best = known
-        if best:
-            rest = text[len(best):]
-            return self._turns[best] + (self.llm.tokenize(rest.encode("utf-8"), add_bos=False, special=True) if rest else [])
+        """Plain tokenisation of a rendered prompt."""
         # The template usually writes BOS itself; add it only when it did not and the model wants one.
         add_bos = not (self.bos_text and text.startswith(self.bos_text))
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
+    def encode(self, messages: list[dict]) -> tuple[str, list[int]]:
+        """(rendered prompt, its tokens), starting with a remembered turn's exact tokens where the chat
+        continues it (see the module docstring). Call under self.lock."""
+        text = self.render(messages)
+        best: tuple[list[int], str] | None = None  # (reused tokens, text still to tokenise)
+        for turn in self._turns:
+            if not text.startswith(turn.text):
+                continue
+            after = text[len(turn.text):]
+            written = turn.written_answer(after) if turn.continued_by(messages) else None
+            if written is None:
+                reused, rest = turn.prompt_tokens, after
+            else:
+                reused, rest = turn.prompt_tokens + turn.answer_tokens, after[len(written):]
+            if best is None or len(reused) > len(best[0]):
+                best = (reused, rest)
+        if best is None:
+            return text, self.tokenize(text)
+        reused, rest = best
+        return text, reused + (self.llm.tokenize(rest.encode("utf-8"), add_bos=False, special=True) if rest else [])
+
     def prepare(self, messages, settings):
         reserve = min(int(settings.max_new_tokens), self.n_ctx // 2)
         with self.lock:  # the remembered turns are shared
-            kept, dropped = fit_history(messages, lambda ms: len(self.tokenize(self.render(ms))), self.n_ctx - reserve)
-            text = self.render(kept)
-            return kept, self.tokenize(text), text, dropped
+            kept, dropped = fit_history(messages, lambda ms: len(self.encode(ms)[1]), self.n_ctx - reserve)
+            text, tokens = self.encode(kept)
+            return kept, tokens, text, dropped
 
     # -- generation (called under self.lock) --
     def _cached_prefix(self, tokens: list[int]) -> int:
@@ -142,8 +194,10 @@ class GGUFEngine(Engine):
             gen.close()
 
     def finish(self, stream: Stream) -> None:
-        # Remember prompt + answer as generated, for the next turn's prefix (see module docstring).
-        self._turns[stream.prompt_text + stream.text] = list(stream.tokens) + self._out
-        self._turns.move_to_end(stream.prompt_text + stream.text)
-        while len(self._turns) > REMEMBERED_TURNS:
-            self._turns.popitem(last=False)
+        # Remember this turn's exact tokens for the next prompt (see the module docstring); the turns
+        # this one continues are covered by it and go, and the least recently answered beyond
+        # REMEMBERED_TURNS go too.
+        turn = _Turn(list(stream.messages), stream.prompt_text, list(stream.tokens), stream.text, list(self._out))
+        kept = [t for t in self._turns if not t.continued_by(turn.messages)
+                and not (t.messages == turn.messages and t.answer == turn.answer)]
+        self._turns = kept[-(REMEMBERED_TURNS - 1):] + [turn]
