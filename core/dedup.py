@@ -107,12 +107,31 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 _POWERS: dict[str, np.ndarray] = {}
+CHUNK_CHARS = 1 << 22  # texts are hashed in blocks of ≈ 4M characters: ≈ 10 uint64 scratch arrays of that size
+
+
+def chunks(texts: Sequence[str], max_chars: int = CHUNK_CHARS, max_items: int = 4000) -> list[tuple[int, int]]:
+    """(lo, hi) bounds of consecutive blocks of texts, each ≤ max_chars in total (or one longer text)."""
+    return chunk_bounds([len(t) for t in texts], max_chars, max_items)
+
+
+def chunk_bounds(sizes: Sequence[int], max_chars: int = CHUNK_CHARS, max_items: int = 4000) -> list[tuple[int, int]]:
+    """`chunks` for items of the given sizes (in characters)."""
+    out, lo = [], 0
+    while lo < len(sizes):
+        hi, size = lo, 0
+        while hi < len(sizes) and hi - lo < max_items and (hi == lo or size + sizes[hi] <= max_chars):
+            size += sizes[hi] + 1
+            hi += 1
+        out.append((lo, hi))
+        lo = hi
+    return out
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     """P^j and P^-j mod 2^64 for j < n (grown on demand, reused across calls)."""
     if "p" not in _POWERS or len(_POWERS["p"]) < n:
-        size = max(n, 2 * len(_POWERS.get("p", ())), 1 << 20)  # grow by doubling: texts come in all sizes
+        size = max(n, 2 * len(_POWERS.get("p", ())), CHUNK_CHARS + 1)  # grow by doubling: texts come in all sizes
         with np.errstate(over="ignore"):
             _POWERS["p"] = np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, _P, dtype=np.uint64))])
             _POWERS["q"] = np.concatenate([[np.uint64(1)], np.cumprod(np.full(size - 1, _P_INV, dtype=np.uint64))])
@@ -140,7 +159,14 @@ def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 def _shingles(texts: Sequence[str], ngram: int, salt: np.uint64) -> tuple[np.ndarray, np.ndarray]:
     """(hash per word n-gram, document per n-gram); a text shorter than n words gives its words as unigrams."""
     wh, doc = _word_hashes(texts)
-    n_words = np.bincount(doc, minlength=len(texts))
+    return shingles_from_words(wh, doc, len(texts), ngram, salt)
+
+
+def shingles_from_words(wh: np.ndarray, doc: np.ndarray, n_docs: int, ngram: int,
+                        salt: np.uint64 = np.uint64(0)) -> tuple[np.ndarray, np.ndarray]:
+    """`_shingles` from word hashes already made (`_word_hashes`), documents numbered 0..n_docs-1 in order:
+    the words of several texts (say a conversation's turns) given one document index read as one text."""
+    n_words = np.bincount(doc, minlength=n_docs)
     if len(wh) >= ngram:
         windows = len(wh) - ngram + 1
         acc = np.zeros(windows, dtype=np.uint64)
@@ -162,21 +188,28 @@ def shingle_hashes(texts: Sequence[str], ngram: int = 5) -> tuple[np.ndarray, np
         return _shingles(texts, ngram, np.uint64(0))
 
 
-def minhash_signatures(texts: Sequence[str], num_perm: int = 256, ngram: int = 5, seed: int = 0,
-                       chunk: int = 4000) -> np.ndarray:
+def signature_salt(seed: int = 0) -> np.uint64:
+    return _mix(np.array([seed + 1], dtype=np.uint64))[0]
+
+
+def minhash_signatures(texts: Sequence[str], num_perm: int = 256, ngram: int = 5, seed: int = 0) -> np.ndarray:
     """One-permutation MinHash signatures, shape (len(texts), num_perm), uint64; an all-`_EMPTY` row = no words."""
-    salt = _mix(np.array([seed + 1], dtype=np.uint64))[0]
+    salt = signature_salt(seed)
     out = np.empty((len(texts), num_perm), dtype=np.uint64)
-    bins = np.uint64(num_perm)
     with np.errstate(over="ignore"):
-        for lo in range(0, len(texts), chunk):
-            part = texts[lo:lo + chunk]
-            sh, sd = _shingles(part, ngram, salt)
-            sig = np.full((len(part), num_perm), _EMPTY, dtype=np.uint64)
-            b = (sh >> np.uint64(32)) % bins
-            np.minimum.at(sig.reshape(-1), sd * num_perm + b.astype(np.int64), sh & np.uint64(0xFFFFFFFF))
-            out[lo:lo + len(part)] = _densify(sig)
+        for lo, hi in chunks(texts):
+            sh, sd = _shingles(texts[lo:hi], ngram, salt)
+            out[lo:hi] = signature_block(sh, sd, hi - lo, num_perm)
     return out
+
+
+def signature_block(sh: np.ndarray, sd: np.ndarray, n_docs: int, num_perm: int = 256) -> np.ndarray:
+    """Signatures of `n_docs` documents from their salted shingle hashes (`_shingles(..., signature_salt())`)."""
+    sig = np.full((n_docs, num_perm), _EMPTY, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        b = (sh >> np.uint64(32)) % np.uint64(num_perm)
+        np.minimum.at(sig.reshape(-1), sd * num_perm + b.astype(np.int64), sh & np.uint64(0xFFFFFFFF))
+    return _densify(sig)
 
 
 def _densify(sig: np.ndarray) -> np.ndarray:
@@ -257,8 +290,8 @@ def exact_jaccard(texts: Sequence[str], pairs: np.ndarray, ngram: int = 5) -> np
     involved = np.unique(pairs) if len(pairs) else np.zeros(0, dtype=np.int64)
     sets: dict[int, np.ndarray] = {}
     with np.errstate(over="ignore"):
-        for lo in range(0, len(involved), 4000):
-            ids = involved[lo:lo + 4000]
+        for lo, hi in chunks([texts[i] for i in involved]):
+            ids = involved[lo:hi]
             sh, sd = _shingles([texts[i] for i in ids], ngram, np.uint64(0))
             order = np.lexsort((sh, sd))
             sh, sd = sh[order], sd[order]

@@ -35,6 +35,7 @@ from core.paths import iris_home
 
 TEXT_VERSION = "t2"
 TOKENS_VERSION = "k2"  # bump when a measurement's definition changes, so stale caches are not reused
+BACKGROUND_MIN_CHARS = 5_000_000  # tokens are counted in a subprocess from this many characters on
 
 
 def cache_path(name: str) -> Path:
@@ -93,28 +94,42 @@ def measure(df, tokenizer_id: str | None = "llama-3", timings: dict | None = Non
             near_threshold: float | None = None):
     """All per-row measurements (cached), in `df`'s row order; no token columns when `tokenizer_id` is None.
 
-    With `near_threshold`, the near-duplicate pair table (`near_pairs`) is built in the same pass. Token
-    counting runs on a second thread beside the text measurements and near-dup signatures: both are
-    mostly numpy and fastText/tokenizers calls that release the GIL, so on 2 cores they overlap."""
+    With `near_threshold`, the near-duplicate pair table (`near_pairs`) is built in the same pass (its
+    signatures come from the text pass's word hashes). Tokens are counted by a subprocess meanwhile
+    (token_count.count_in_background): the second core, where a thread would wait on the GIL."""
     import pandas as pd
-    from concurrent.futures import ThreadPoolExecutor
 
     key = dataset_key(df)
-    with ThreadPoolExecutor(1) as pool:
-        toks = None
-        if tokenizer_id is not None:
-            toks = pool.submit(_cached, f"{key}-tokens-{TOKENS_VERSION}-{_slug(tokenizer_id)}.parquet",
-                               lambda: token_measurements(df, tokenizer_id, threads=1), timings, "tokens")
-        text = _cached(f"{key}-text-{TEXT_VERSION}.parquet", lambda: text_measurements(df, timings), timings,
-                       "text_total")
-        if near_threshold is not None:
-            near_pairs(df, near_threshold, timings, key=key)
-        out = text if toks is None else pd.concat([text, toks.result()], axis=1)
+    toks, wait = None, None
+    if tokenizer_id is not None:
+        name = f"{key}-tokens-{TOKENS_VERSION}-{_slug(tokenizer_id)}.parquet"
+        if cache_path(name).exists():
+            toks = _cached(name, None, timings, "tokens")
+        else:
+            start = time.perf_counter()
+            wait = token_measurements(df, tokenizer_id, background=True)
+            if timings is not None:
+                timings["tokens: start subprocess"] = time.perf_counter() - start
+    near_done = near_threshold is None or cache_path(_near_name(key, near_threshold)).exists()
+    sigs = None if near_done else []  # made in the text pass when it runs; near_pairs makes them otherwise
+    text = _cached(f"{key}-text-{TEXT_VERSION}.parquet", lambda: text_measurements(df, timings, sigs), timings,
+                   "text_total")
+    if not near_done:
+        near_pairs(df, near_threshold, timings, key=key, signatures=sigs[0] if sigs else None)
+        sigs = None
+    if wait is not None:  # the subprocess's counts, cached like the rest
+        start = time.perf_counter()
+        toks = _cached(name, wait, None, "tokens")
+        if timings is not None:
+            timings["tokens: wait"] = time.perf_counter() - start
+    out = text if toks is None else pd.concat([text, toks], axis=1)
     out.attrs["dataset_key"] = key  # so the recipe's near_dedup step finds the pair table without rehashing
     return out
 
 
-def text_measurements(df, timings: dict | None = None):
+def text_measurements(df, timings: dict | None = None, signatures: list | None = None):
+    """Every measurement but tokens; with `signatures` (a list), also appends the rows' MinHash
+    signatures for near_pairs, from the same word hashes as the repetition ratio (one pass over the text)."""
     import pandas as pd
 
     def timed(label, fn):
@@ -126,7 +141,6 @@ def text_measurements(df, timings: dict | None = None):
 
     msgs = df["messages"].tolist()
     texts = [conversation_text(m) for m in msgs]
-    answers = [" ".join(t["content"] for t in m if t["role"] == "assistant") for m in msgs]
     out = pd.DataFrame({
         "n_turns": [len(m) for m in msgs],
         "chars": [len(t) for t in texts],
@@ -136,9 +150,50 @@ def text_measurements(df, timings: dict | None = None):
     })
     lang = timed("language", lambda: languages(msgs))
     out["lang"], out["lang_score"] = lang
-    out["repetition"] = timed("repetition", lambda: repetition_ratio(answers))
     out["exact_cluster"] = timed("exact_dedup", lambda: dedup.exact_duplicates(texts))
+    del texts
+    rep, sig = timed("repetition" if signatures is None else "repetition+near_signatures",
+                     lambda: word_measurements(msgs, signatures is not None))
+    out["repetition"] = rep
+    if signatures is not None:
+        signatures.append(sig)
     return out
+
+
+def word_measurements(messages: list[list[dict]], signatures: bool = False, ngram: int = 3):
+    """(repetition ratio per row, MinHash signatures per row or None) from one hashing pass over every turn.
+
+    Repetition: share of the assistant turns' word `ngram`s that repeat an earlier one (0 = none, → 1 = a
+    loop). Signatures: as `dedup.minhash_signatures(conversation texts)` (turns joined = words concatenated)."""
+    import pandas as pd
+
+    rep = np.zeros(len(messages), dtype=np.float32)
+    sigs = np.empty((len(messages), 256), dtype=np.uint64) if signatures else None
+    flat = [t for m in messages for t in m]
+    n_turns = np.fromiter((len(m) for m in messages), dtype=np.int64, count=len(messages))
+    first_turn = np.concatenate([[0], np.cumsum(n_turns)])
+    contents = [t["content"] for t in flat]
+    salt = dedup.signature_salt()
+    with np.errstate(over="ignore"):
+        row_chars = [sum(len(c) + 2 for c in contents[first_turn[i]:first_turn[i + 1]]) for i in range(len(messages))]
+        for lo, hi in dedup.chunk_bounds(row_chars):  # rows of ≈ 4M characters at a time
+            t_lo, t_hi = first_turn[lo], first_turn[hi]
+            wh, turn = dedup._word_hashes(contents[t_lo:t_hi])
+            row = np.repeat(np.arange(hi - lo), n_turns[lo:hi])[turn]
+            answer = np.array([flat[i]["role"] == "assistant" for i in range(t_lo, t_hi)], dtype=bool)[turn]
+            sh, sd = dedup.shingles_from_words(wh[answer], row[answer], hi - lo, ngram)
+            if len(sh):
+                # the n-gram hash mixed with its row: a value seen before = a repeat within one row
+                # (a hash table, pandas' duplicated: ≈ 4× a sort)
+                key = sh ^ (sd.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+                repeat = pd.Series(key).duplicated().to_numpy()
+                total = np.bincount(sd, minlength=hi - lo)
+                reps = np.bincount(sd, weights=repeat, minlength=hi - lo)
+                rep[lo:hi] = np.where(total >= ngram, reps / np.maximum(total, 1), 0)
+            if signatures:
+                sh, sd = dedup.shingles_from_words(wh, row, hi - lo, 5, salt)
+                sigs[lo:hi] = dedup.signature_block(sh, sd, hi - lo)
+    return rep, sigs
 
 
 def languages(messages: list[list[dict]], chars: int = 600) -> tuple[list[str], np.ndarray]:
@@ -193,8 +248,8 @@ def repetition_ratio(texts: list[str], ngram: int = 3) -> np.ndarray:
     import pandas as pd
 
     out = np.zeros(len(texts), dtype=np.float32)
-    for lo in range(0, len(texts), 4000):
-        sh, doc = dedup.shingle_hashes(texts[lo:lo + 4000], ngram)
+    for lo, hi in dedup.chunks(texts):
+        sh, doc = dedup.shingle_hashes(texts[lo:hi], ngram)
         if not len(sh):
             continue
         # the n-gram hash mixed with its text's index: a value seen before = a repeat within one text
@@ -202,21 +257,33 @@ def repetition_ratio(texts: list[str], ngram: int = 3) -> np.ndarray:
         with np.errstate(over="ignore"):
             key = sh ^ (doc.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         repeat = pd.Series(key).duplicated().to_numpy()
-        total = np.bincount(doc, minlength=min(4000, len(texts) - lo))
+        total = np.bincount(doc, minlength=hi - lo)
         reps = np.bincount(doc, weights=repeat, minlength=len(total))
         out[lo:lo + len(total)] = np.where(total >= ngram, reps / np.maximum(total, 1), 0)
     return out
 
 
-def token_measurements(df, tokenizer_id: str, threads: int = 2):
-    """tokens (with chat template), content_tokens and max_turn_tokens per row."""
-    import pandas as pd
-
+def token_measurements(df, tokenizer_id: str, threads: int = 2, background: bool = False):
+    """tokens (with chat template), content_tokens and max_turn_tokens per row. With `background`, returns
+    a function that waits for a subprocess doing the counting (see token_count.count_in_background)."""
     from core import token_count, tokenizers
 
-    counter = token_count.counter_for(tokenizers.folder(tokenizer_id))
+    folder = tokenizers.folder(tokenizer_id)
+    counter = token_count.counter_for(folder)
     msgs = df["messages"].tolist()
-    counts = counter.count([t["content"] for m in msgs for t in m], threads=threads)
+    contents = [t["content"] for m in msgs for t in m]
+    # a subprocess costs ≈ 2 s to start: worth it from ≈ 5M characters (≈ 2 s of counting) on
+    if background and sum(len(c) for c in contents) > BACKGROUND_MIN_CHARS:
+        job = token_count.count_in_background(contents, folder)
+        del contents
+        return lambda: _token_table(msgs, job.result(), counter)
+    table = _token_table(msgs, counter.count(contents, threads=threads), counter)
+    return (lambda: table) if background else table
+
+
+def _token_table(msgs, counts: np.ndarray, counter):
+    import pandas as pd
+
     n_turns = np.array([len(m) for m in msgs], dtype=np.int64)
     row_of = np.repeat(np.arange(len(msgs)), n_turns)
     content = np.bincount(row_of, weights=counts, minlength=len(msgs)).astype(np.int64)
@@ -234,24 +301,47 @@ def token_measurements(df, tokenizer_id: str, threads: int = 2):
 
 # ---------------------------------------------------------------- near-duplicate pairs
 
-def near_pairs(df, base_threshold: float = 0.5, timings: dict | None = None, key: str | None = None):
-    """Near-duplicate pairs with their true Jaccard, for every threshold ≥ `base_threshold` (cached)."""
+class _Texts:
+    """conversation_text of row i, built on first use: near_pairs needs the few rows in candidate pairs."""
+
+    def __init__(self, messages):
+        self.messages, self.built = messages, {}
+
+    def __len__(self):
+        return len(self.messages)
+
+    def __getitem__(self, i):
+        if i not in self.built:
+            self.built[i] = conversation_text(self.messages[i])
+        return self.built[i]
+
+
+def near_pairs(df, base_threshold: float = 0.5, timings: dict | None = None, key: str | None = None,
+               signatures: np.ndarray | None = None):
+    """Near-duplicate pairs with their true Jaccard, for every threshold ≥ `base_threshold` (cached).
+    `signatures`: the rows' MinHash signatures when already made (text_measurements makes them)."""
     import pandas as pd
 
     def build():
-        texts = [conversation_text(m) for m in df["messages"]]
+        msgs = df["messages"].tolist()
         start = time.perf_counter()
-        sig = dedup.minhash_signatures(texts)
+        sig = signatures if signatures is not None else word_measurements(msgs, signatures=True)[1]
         mid = time.perf_counter()
         cand = dedup.plausible_pairs(sig, dedup.lsh_candidates(sig, base_threshold), base_threshold)
         del sig
-        jac = dedup.exact_jaccard(texts, cand)
+        jac = dedup.exact_jaccard(_Texts(msgs), cand)
         if timings is not None:
-            timings["near_signatures"], timings["near_lsh_verify"] = mid - start, time.perf_counter() - mid
+            if signatures is None:
+                timings["near_signatures"] = mid - start
+            timings["near_lsh_verify"] = time.perf_counter() - mid
         keep = jac >= base_threshold
         return pd.DataFrame({"i": cand[keep, 0], "j": cand[keep, 1], "jaccard": jac[keep]})
 
-    return _cached(f"{key or dataset_key(df)}-near-{base_threshold:.2f}.parquet", build, timings, "near_dedup")
+    return _cached(_near_name(key or dataset_key(df), base_threshold), build, timings, "near_dedup")
+
+
+def _near_name(key: str, base_threshold: float) -> str:
+    return f"{key}-near-{base_threshold:.2f}.parquet"
 
 
 def near_clusters(pairs, n: int, threshold: float, alive: np.ndarray | None = None) -> np.ndarray:

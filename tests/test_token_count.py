@@ -91,3 +91,21 @@ def test_llama3_split_detection():
     assert token_count.is_llama3_bpe(spec)
     spec["normalizer"] = {"type": "NFC"}
     assert not token_count.is_llama3_bpe(spec)
+
+
+def test_background_subprocess_counts_equal_in_process(llama3, monkeypatch):
+    """Big datasets count tokens in a `python -m core.token_count` subprocess: same numbers as in-process."""
+    import pandas as pd
+
+    from core import measure
+
+    rows = [json.loads(line) for line in SAMPLE_PATH.read_text(encoding="utf-8").splitlines()]
+    df = pd.DataFrame({"messages": [[{"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]),
+                                      "content": t["value"]} for t in r["conversations"]] for r in rows[:300]]})
+    here = measure.token_measurements(df, "llama-3")
+    monkeypatch.setattr(measure, "BACKGROUND_MIN_CHARS", 0)
+    job = token_count.count_in_background([t["content"] for m in df["messages"] for t in m], tokenizers.llama3_dir())
+    assert job.proc.pid  # a real subprocess
+    there = measure.token_measurements(df, "llama-3", background=True)()
+    pd.testing.assert_frame_equal(here, there)
+    assert job.result().sum() == here["content_tokens"].sum()
