@@ -75,7 +75,10 @@ class GGUFEngine(Engine):
         super().__init__(model)
         path = Path(model.path)
         check_gguf(path)
-        size = path.stat().st_size
+        lora = Path(model.lora) if model.lora else None  # a LoRA-only export's adapter, applied at load
+        if lora is not None:
+            check_gguf(lora)
+        size = path.stat().st_size + (lora.stat().st_size if lora else 0)
         # Weights are memory-mapped and read in full while generating; the KV cache and buffers add
         # ~10% + 64 MiB for the models Iris makes (the exact KV size is known only after loading).
         _check_ram(int(size * 1.1) + (64 << 20), path.name)
@@ -83,8 +86,8 @@ class GGUFEngine(Engine):
 
         threads = cpu_threads()
         try:
-            self.llm = Llama(model_path=str(path), n_ctx=n_ctx or MAX_CTX, n_threads=threads,
-                             n_threads_batch=threads, verbose=False)
+            self.llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx or MAX_CTX,
+                             n_threads=threads, n_threads_batch=threads, verbose=False)
         except (ValueError, RuntimeError) as err:
             raise IrisError(f"llama.cpp could not load {path.name} ({err}): the file is truncated or not a "
                             "valid model; re-export it or pick another model.") from None

@@ -159,6 +159,7 @@ def main(cfg: ExportConfig) -> Path:
                 "source_path": str(src.adapter_dir or src.base_dir), "quants": cfg.quants, **result,
                 "preflight": chosen.summary(), "config": to_dict(cfg), "wall_s": round(time.time() - started, 1)}
         write_json(out / "export.json", info)
+        shutil.rmtree(work, ignore_errors=True)  # gone before 'completed': whoever waits on the status sees no temporaries
         jobs.update_status(out, state="completed", step=len(chosen.steps), eta_s=0, message="done")
         return out
     except BaseException as err:

@@ -12,7 +12,8 @@ This is the interface the Chat page, `python -m core.chat` and the Evaluate help
 
 Models (ids are what the CLI takes and what transcripts store):
   smollm2-135m-instruct          the embedded SmolLM2 Q4_1 GGUF (llama-cpp-python)
-  export:<export>/<file>.gguf    every GGUF an export wrote (lineage from its export.json)
+  export:<export>/<file>.gguf    every GGUF an export wrote (lineage from its export.json); a LoRA-only
+                                 export lists its base GGUFs with its LoRA GGUF applied at load
   export:<export>/<folder>       a merged transformers folder inside an export (transformers, fp32 CPU)
   model:<name>                   a transformers folder under IRIS_HOME/models/ (transformers, fp32 CPU)
   run:<run>                      a run's final adapter on its base model (transformers + peft)
@@ -107,6 +108,8 @@ class ChatModel:
     """run, checkpoint, dataset (version), base_model, export, quant: whatever is known."""
     base: str = ""
     """For adapters: the base model id (as `core.models.resolve` takes it)."""
+    lora: str = ""
+    """For GGUFs of a LoRA-only export: the LoRA GGUF llama-cpp-python applies at load (`lora_path`)."""
 
 
 def _yaml(path: Path) -> dict:
@@ -135,10 +138,7 @@ def list_chat_models() -> list[ChatModel]:
         info = read_json(folder / "export.json", default={}) or {}
         src = info.get("source", {}) or {}
         base = {k: src.get(k) for k in ("run", "checkpoint", "dataset", "base_model") if src.get(k)}
-        for gguf in sorted(folder.glob("*.gguf")):
-            quant = _quant_of(gguf)
-            out.append(ChatModel(f"export:{folder.name}/{gguf.name}", f"{folder.name} · {gguf.name}", "gguf",
-                                 str(gguf), {**base, "export": folder.name, "quant": quant}))
+        out += _export_ggufs(folder, info, base)
         for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "config.json").exists()):
             out.append(ChatModel(f"export:{folder.name}/{sub.name}", f"{folder.name} · {sub.name} (merged, fp32)",
                                  "hf", str(sub), {**base, "export": folder.name, "quant": "fp32"}))
@@ -163,6 +163,30 @@ def list_chat_models() -> list[ChatModel]:
                                      f"{base or '?'})", "adapter", str(ckpt), {**lineage, "checkpoint": ckpt.name},
                                      base=base))
     return out
+
+
+def _export_ggufs(folder: Path, info: dict, lineage: dict) -> list[ChatModel]:
+    """The chat models among an export's GGUFs.
+
+    A merged export's GGUFs are the fine-tuned model. A LoRA-only export (mode 'lora') holds the *base*
+    model's GGUFs plus `<name>-lora-f16.gguf`: each base GGUF is listed with that LoRA applied at load
+    and labelled so, the LoRA file is not listed on its own (it is no model), and without the LoRA file
+    the base GGUFs are not listed at all (they would pass for the fine-tune). The mode is read from
+    export.yaml too, since the GGUFs appear a moment before export.json is written.
+    """
+    mode = info.get("mode") or _yaml(folder / "export.yaml").get("mode") or "merged"
+    lora = folder / info["lora"] if mode == "lora" and info.get("lora") else None
+    models = []
+    for gguf in sorted(folder.glob("*.gguf")):
+        model_id, quant = f"export:{folder.name}/{gguf.name}", _quant_of(gguf)
+        if mode != "lora":
+            models.append(ChatModel(model_id, f"{folder.name} · {gguf.name}", "gguf", str(gguf),
+                                    {**lineage, "export": folder.name, "quant": quant}))
+        elif lora is not None and lora.is_file() and gguf != lora:
+            models.append(ChatModel(model_id, f"{folder.name} · base {gguf.name} + LoRA {lora.name} (applied at load)",
+                                    "gguf", str(gguf), {**lineage, "export": folder.name, "quant": quant,
+                                                        "lora": lora.name}, lora=str(lora)))
+    return models
 
 
 def _from_path(path: Path) -> ChatModel:

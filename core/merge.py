@@ -257,6 +257,9 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f
     if missing:
         raise IrisError(f"adapter targets {missing[0]}, which base {base_dir} does not have: this adapter was "
                         "trained on a different base model.")
+    dropped = _tied_copies(Path(base_dir), base, set(pairs) | set(full))
+    for name in dropped:
+        del base[name]
 
     def out_dtype(info: TensorInfo) -> str:
         return out_st if info.dtype in ("F32", "F16", "BF16", "F64") else info.dtype
@@ -284,7 +287,26 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f
     writer.close()
     _copy_side_files(Path(base_dir), Path(adapter_dir), out_dir, dtype)
     return {"tensors": len(base), "merged": len(pairs), "replaced": len(full), "shards": len(writer.names),
-            "dtype": dtype, "r": spec.r, "alpha": spec.alpha, "rslora": spec.use_rslora}
+            "dropped": dropped, "dtype": dtype, "r": spec.r, "alpha": spec.alpha, "rslora": spec.use_rslora}
+
+
+def _tied_copies(base_dir: Path, base: dict[str, TensorInfo], trained: set[str]) -> list[str]:
+    """`lm_head.weight` when the config ties it to the input embedding and the base stores it anyway.
+
+    Tied means equal: transformers rebuilds it from embed_tokens on load, and llama.cpp uses token_embd
+    as the output when the GGUF has no output tensor. Written out, it would be a second 128k × hidden
+    tensor (0.5 GB for Llama-3.2-1B) for the converter to map and write and the GGUF to carry.
+    Kept when the adapter trained it (modules_to_save), since then it is no longer a copy.
+    """
+    try:
+        config = json.loads((base_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    tied = config.get("tie_word_embeddings", (config.get("text_config") or {}).get("tie_word_embeddings"))
+    head, embed = "lm_head.weight", "model.embed_tokens.weight"
+    if tied is True and head in base and embed in base and not {head, embed} & trained:
+        return [head]
+    return []
 
 
 def _cast(tensor, out_torch, name: str):

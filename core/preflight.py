@@ -25,7 +25,11 @@ from core.merge import DTYPE_BYTES, model_index, read_header
 GB = 1024**3
 MB = 1024**2
 PYTHON_TORCH = 400 * MB  # RSS of a Python process that imported torch (+ numpy, safetensors)
-CONVERTER = 700 * MB  # llama.cpp's converter before tensors: torch, transformers, the 128k-vocab tokenizer
+# llama.cpp's converter (run through core.convert, which returns the heap the tokenizer freed to the OS):
+# while it reads the vocab, torch + transformers + the live 128k-vocab tokenizer (measured 0.91 GB);
+# while it writes tensors, torch + transformers + the vocab for the header (0.56 GB) + the tensor mapped.
+CONVERTER_VOCAB = 870 * MB
+CONVERTER = 530 * MB
 PYTHON_LLAMA = 80 * MB  # RSS of the quantizing process (ctypes llama.cpp, no torch needed)
 QUANT_BUF = 64 * MB  # max_buf_size handed to llama_model_quantize (rows kept in memory at once)
 # GGUF bytes per parameter (K-quants keep the tied embedding / output in q6_K)
@@ -138,10 +142,11 @@ def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify:
     else:
         src_bytes = size.dtype_bytes
     # the converter maps one tensor at a time; f16 is written as is, bf16 widens to f32 then narrows to
-    # f16, f32 narrows to an f16 copy (measured: 1.24 GiB from f16, 2.23 GiB from bf16, Llama-3.2-1B)
+    # f16, f32 narrows to an f16 copy (measured on Llama-3.2-1B: 1.07 GB from f16; from bf16 2.23 GiB
+    # before core.convert trimmed the heap)
     extra = 0 if (merge or size.src_dtype == "F16") else size.largest * (4 if size.src_dtype == "BF16" else 2)
     disk += f16_file
-    steps.append(Step("convert", CONVERTER + size.largest * src_bytes + extra, disk,
+    steps.append(Step("convert", max(CONVERTER_VOCAB, CONVERTER + size.largest * src_bytes + extra), disk,
                       FIXED_S["convert"] + SECONDS_PER_B["convert"] * b))
     if merge and not verify and not keep_merged:
         disk -= size.params * 2  # the merged copy is deleted once converted (verification would need it)

@@ -48,6 +48,30 @@ def test_streaming_merge_equals_merge_and_unload(tiny_llama3_dir, tmp_path, rslo
     assert len(changed) == 12 and all("proj" in n for n in changed)  # the LoRA really moved those weights
 
 
+def test_tied_lm_head_copy_is_not_written(tiny_llama3_dir, tmp_path):
+    """A tied base that stores lm_head anyway: the merge writes embed_tokens only, and loads back equal."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama3_dir, base)
+    assert json.loads((base / "config.json").read_text())["tie_word_embeddings"] is True
+    weights = load_file(base / "model.safetensors")
+    assert "lm_head.weight" not in weights  # transformers does not store the tied copy ...
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()  # ... some checkpoints do
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    adapter = save_adapter(base, tmp_path / "adapter", r=4)
+    out = tmp_path / "merged"
+    out.mkdir()
+    summary = merge_lora(base, adapter, out, "f16")
+    assert summary["dropped"] == ["lm_head.weight"] and summary["tensors"] == len(weights) - 1
+    assert set(load_file(out / "model.safetensors")) == set(weights) - {"lm_head.weight"}
+    got = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    want = _merged_reference(base, adapter)
+    assert torch.allclose(got["lm_head.weight"], want["lm_head.weight"], rtol=2e-3, atol=2e-4)
+
+
 def test_config_yaml_round_trip():
     cfg = ExportConfig(source="run-a", checkpoint=20, quants=["q8_0", "q4_k_m", "q8_0"], name="a-20",
                        ram_budget_gb=4.0)
@@ -113,3 +137,24 @@ def test_bad_sources_give_one_sentence(tiny_llama3_dir, monkeypatch):
     # a bare adapter folder is not a model
     with pytest.raises(IrisError, match="bare adapter"):
         main(ExportConfig(source=str(run / "checkpoints" / "checkpoint-2")))
+
+
+def test_llama_cpp_scripts_run_unmodified_with_the_heap_trimmed(tmp_path):
+    """`python -m core.convert SCRIPT ARGS` behaves as `python SCRIPT ARGS` (plus the malloc_trim thread)."""
+    import subprocess
+    import sys
+
+    from core.convert import script_argv
+    from core.paths import REPO_ROOT
+
+    (tmp_path / "helper_mod.py").write_text("VALUE = 'beside the script'\n")
+    script = tmp_path / "tool.py"
+    script.write_text(
+        "import sys, threading, helper_mod\n"
+        "print(__name__, sys.argv[1:], helper_mod.VALUE, sorted(t.name for t in threading.enumerate()))\n"
+        "if __name__ == '__main__':\n    sys.exit(3)\n")
+    proc = subprocess.run(script_argv(script, "--outtype", "f16", tmp_path / "out"), cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.strip() == (f"__main__ ['--outtype', 'f16', '{tmp_path / 'out'}'] beside the script "
+                                   "['MainThread', 'malloc_trim']")

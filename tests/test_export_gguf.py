@@ -91,6 +91,15 @@ def test_lora_only_gguf_is_applied_by_llama_cpp(llama3_256):
     # the reference is base + adapter (peft); llama.cpp applies the LoRA GGUF to the base GGUF
     assert read_json(folder / "report.json")["quants"]["f16"]["top1_agreement"] >= 0.9
     assert isinstance(_chat(folder / "lo-f16.gguf", folder / "lo-lora-f16.gguf"), str)
+    # the Chat page offers the base GGUF with the LoRA applied (never the LoRA file, or the bare base as the fine-tune)
+    from core import inference
+
+    listed = [m for m in inference.list_chat_models() if m.lineage.get("export") == "lo"]
+    assert [(m.id, m.lora) for m in listed] == [("export:lo/lo-f16.gguf", str(folder / "lo-lora-f16.gguf"))]
+    engine = inference.load_engine(listed[0].id, cache=inference.EngineCache())
+    assert engine.llm.lora_path == str(folder / "lo-lora-f16.gguf")
+    answer = engine.generate([{"role": "user", "content": "Hello!"}], inference.DecodingSettings(max_new_tokens=4))
+    assert answer.stats.completion_tokens > 0
 
 
 def test_failed_conversion_leaves_no_gguf_and_says_why(llama3_256, tmp_path):
