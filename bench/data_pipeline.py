@@ -172,7 +172,7 @@ def run_ours(path: Path, pairs: list[list[int]]) -> dict:
     # token-counting subprocess's too (its peak adds to ours: an upper bound of what both held at once)
     peak, cpu = peak_rss_gib(), _cpu_s()
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child_peak, child_cpu = kids.ru_maxrss / 2**20, kids.ru_utime + kids.ru_stime
+    child_peak, child_cpu = timings.pop("tokens: subprocess peak RSS GiB", 0.0), kids.ru_utime + kids.ru_stime
     # recall: planted (original, copy) pairs that both reached the dedup steps, and one of them went as a duplicate
     why = result.reasons.astype(str)
     dedup_reason = np.char.startswith(why, "near_dedup") | np.char.startswith(why, "exact_dedup")

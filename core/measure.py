@@ -45,14 +45,20 @@ def cache_path(name: str) -> Path:
 
 
 def row_hashes(df) -> np.ndarray:
-    """A 64-bit hash per row of its roles and contents, in order (pandas' stable hash per turn, mixed)."""
-    import pandas as pd
+    """A 64-bit hash per row of its roles and contents, in order (a stable hash per turn, mixed)."""
 
     msgs = df["messages"]
     n_turns = np.fromiter((len(m) for m in msgs), dtype=np.int64, count=len(msgs))
     flat = [t for m in msgs for t in m]
-    content = pd.util.hash_array(np.array([t["content"] for t in flat], dtype=object))
-    role = pd.util.hash_array(np.array([t["role"] for t in flat], dtype=object))
+    # xxh3 per string: stable across runs, and no big temporaries (pandas' hash_array of 255k long
+    # strings took 1.5 GB at its peak)
+    import xxhash
+
+    def hashes(values):
+        return np.fromiter((xxhash.xxh3_64_intdigest(v.encode("utf-8", "surrogatepass")) for v in values),
+                           dtype=np.uint64, count=len(flat))
+
+    content, role = hashes(t["content"] for t in flat), hashes(t["role"] for t in flat)
     position = np.arange(len(flat)) - np.repeat(np.cumsum(n_turns) - n_turns, n_turns)
     from core.dedup import _mix
 
@@ -122,6 +128,7 @@ def measure(df, tokenizer_id: str | None = "llama-3", timings: dict | None = Non
         toks = _cached(name, wait, None, "tokens")
         if timings is not None:
             timings["tokens: wait"] = time.perf_counter() - start
+            timings["tokens: subprocess peak RSS GiB"] = toks.attrs.get("subprocess_peak_rss_bytes", 0) / 2**30
     out = text if toks is None else pd.concat([text, toks], axis=1)
     out.attrs["dataset_key"] = key  # so the recipe's near_dedup step finds the pair table without rehashing
     return out
@@ -276,7 +283,12 @@ def token_measurements(df, tokenizer_id: str, threads: int = 2, background: bool
     if background and sum(len(c) for c in contents) > BACKGROUND_MIN_CHARS:
         job = token_count.count_in_background(contents, folder)
         del contents
-        return lambda: _token_table(msgs, job.result(), counter)
+
+        def wait():
+            table = _token_table(msgs, job.result(), counter)
+            table.attrs["subprocess_peak_rss_bytes"] = job.peak_rss_bytes
+            return table
+        return wait
     table = _token_table(msgs, counter.count(contents, threads=threads), counter)
     return (lambda: table) if background else table
 

@@ -302,6 +302,7 @@ class _Background:
 
     def __init__(self, proc, workdir: Path, out: Path, fallback):
         self.proc, self.workdir, self.out, self.fallback = proc, workdir, out, fallback
+        self.peak_rss_bytes = 0  # the subprocess's own peak RSS, known once it is done
 
     def result(self) -> np.ndarray:
         import shutil
@@ -309,6 +310,8 @@ class _Background:
         try:
             _, err = self.proc.communicate()
             if self.proc.returncode == 0 and self.out.exists():
+                info = self.out.with_suffix(".json")
+                self.peak_rss_bytes = json.loads(info.read_text())["peak_rss_bytes"] if info.exists() else 0
                 return np.load(self.out)
             # the counts must not depend on a helper process: count here instead, and say why in the log
             import logging
@@ -357,6 +360,10 @@ def _count_file(src: Path, folder: Path, out: Path, strip: bool) -> None:
             parts.append(counter.count(reader.get_batch(i).column(0).to_pylist(), strip=strip, threads=1))
     tmp = out.with_suffix(".tmp.npy")
     np.save(tmp, np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+    # this process's own peak (VmHWM: getrusage would include the parent's pages from before exec)
+    hwm = next((int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")), 0) \
+        if Path("/proc/self/status").exists() else 0
+    out.with_suffix(".json").write_text(json.dumps({"peak_rss_bytes": hwm * 1024}))
     tmp.replace(out)
 
 
