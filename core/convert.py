@@ -177,20 +177,18 @@ def quantize(src: Path, out: Path, quant: str, threads: int = 0) -> Path:
 
 def gguf_metadata(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.file_type",
                                                          "tokenizer.chat_template", "tokenizer.ggml.pre")) -> dict:
-    """A few metadata fields of a GGUF (read with llama.cpp's gguf-py, header only)."""
-    from core.llamacpp import ensure_gguf_importable
+    """A few metadata fields of a GGUF, read by llama.cpp itself with only the vocabulary loaded
+    (≈ 1 s; gguf-py's reader parses every one of a 128k vocabulary's strings first: ≈ 20 s)."""
+    import llama_cpp
 
-    ensure_gguf_importable()
-    import gguf
+    from core.errors import IrisError
 
-    reader = gguf.GGUFReader(str(path))
-    out = {}
-    for key in keys:
-        f = reader.fields.get(key)
-        if f is None:
-            continue
-        out[key] = f.contents() if hasattr(f, "contents") else bytes(f.parts[f.data[0]]).decode()
-    return out
+    try:
+        meta = llama_cpp.Llama(str(path), vocab_only=True, verbose=False).metadata
+    except Exception as err:  # llama.cpp refuses the file: say which, not a traceback
+        raise IrisError(f"{Path(path).name} is not a readable GGUF model ({err}).") from err
+    return {k: int(meta[k]) if meta[k].lstrip("-").isdigit() and k != "tokenizer.chat_template" else meta[k]
+            for k in keys if k in meta}
 
 
 if __name__ == "__main__":
