@@ -77,9 +77,10 @@ def _last_error(tail: list[str]) -> str:
     return (tail[-1] if tail else "no output")[-300:]
 
 
-def script_argv(script: Path, *args) -> list[str]:
-    """The command that runs llama.cpp's `script` with `args` through `run_script` (this venv's python)."""
-    return [sys.executable, "-m", "core.convert", str(script), *map(str, args)]
+def script_argv(*args) -> list[str]:
+    """The command that runs llama.cpp's script (the first argument after an optional `--after MARKER`)
+    with the rest as its arguments, through `run_script` (this venv's python)."""
+    return [sys.executable, "-m", "core.convert", *map(str, args)]
 
 
 def run_script(argv: list[str]) -> None:
@@ -102,8 +103,11 @@ def run_script(argv: list[str]) -> None:
     import threading
     import time
 
+    if argv[:1] == ["--after"]:
+        marker, argv = Path(argv[1]), argv[2:]
+        _warm_up_and_wait(marker)
     if not argv:
-        raise SystemExit("usage: python -m core.convert SCRIPT [ARGS...]")
+        raise SystemExit("usage: python -m core.convert [--after MARKER] SCRIPT [ARGS...]")
     try:
         trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only; elsewhere the script runs as is
     except (OSError, TypeError):
@@ -122,14 +126,34 @@ def run_script(argv: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-def convert_hf(model_dir: Path, out: Path, outtype: str = "f16") -> Path:
-    """`convert_hf_to_gguf.py model_dir --outtype f16` into `out` (atomic)."""
+def _warm_up_and_wait(marker: Path) -> None:
+    """Import torch, the converter's first heavy import (≈ 4 s on 2 cores), then wait for `marker` (its
+    input is complete) or `marker`.failed (it will never be: exit quietly). transformers' import would
+    save ≈ 6 s more but holds ≈ 0.15 GB beside the merge's own peak: the export's memory goal wins."""
+    import time
+
+    import torch  # noqa: F401
+
+    failed = marker.with_name(marker.name + ".failed")
+    while not marker.exists():
+        if failed.exists():
+            raise SystemExit(3)
+        time.sleep(0.1)
+
+
+def convert_hf(model_dir: Path, out: Path, outtype: str = "f16", after: Path | None = None) -> Path:
+    """`convert_hf_to_gguf.py model_dir --outtype f16` into `out` (atomic).
+
+    `after`: start now, but convert only once the file `after` exists (the merge writing `model_dir`
+    creates it when done): the converter's imports then overlap the merge. If `after`.failed appears
+    instead, the converter exits and this raises."""
     from core.llamacpp import tools
 
     tmp = tmp_name(out)
     tmp.unlink(missing_ok=True)
+    wait = ["--after", str(after)] if after else []
     try:
-        _run_tool(script_argv(tools().convert_hf, model_dir, "--outfile", tmp, "--outtype", outtype),
+        _run_tool(script_argv(*wait, tools().convert_hf, model_dir, "--outfile", tmp, "--outtype", outtype),
                   "converting to GGUF")
         os.replace(tmp, out)
     finally:

@@ -188,13 +188,29 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
         state["step"] += 1
 
     model_dir, merge_info = src.base_dir, None
+    f16_path = work / f"{name}-f16.gguf"
     if cfg.mode == "merged" and src.adapter_dir is not None:
         begin("merging the LoRA into the base (tensor by tensor)")
-        model_dir = work / "merged"
-        merge_info = convert.run_merge(src.base_dir, src.adapter_dir, model_dir, cfg.merge_dtype)
-        end()
-    begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
-    f16 = convert.convert_hf(model_dir, work / f"{name}-f16.gguf")
+        model_dir, marker = work / "merged", work / "merged.done"
+        # the converter starts now and imports torch/transformers (≈ 10 s) while the merge runs; it
+        # reads the merged folder only once `marker` exists
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            converting = pool.submit(convert.convert_hf, model_dir, f16_path, "f16", marker)
+            try:
+                merge_info = convert.run_merge(src.base_dir, src.adapter_dir, model_dir, cfg.merge_dtype)
+            except BaseException:
+                marker.with_name(marker.name + ".failed").touch()
+                converting.exception()  # let it exit before the work folder goes
+                raise
+            marker.touch()
+            end()
+            begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
+            f16 = converting.result()
+    else:
+        begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
+        f16 = convert.convert_hf(model_dir, f16_path)
     end()
     if merge_info is not None and not cfg.verify and not cfg.keep_merged:
         shutil.rmtree(model_dir)  # converted; nothing reads it again, so give the disk back now

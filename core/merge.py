@@ -176,13 +176,14 @@ def merged_tensor(base, a, b, scale: float, fan_in_fan_out: bool):
     """W + scale · B @ A in fp32 (the delta of one projection is a few tens of MB at most)."""
     import torch
 
-    delta = (b.to(torch.float32) @ a.to(torch.float32)) * scale
-    if fan_in_fan_out:
-        delta = delta.T
-    if tuple(delta.shape) != tuple(base.shape):
-        raise IrisError(f"LoRA shape {tuple(delta.shape)} does not fit base weight {tuple(base.shape)}: "
+    shape = (a.shape[1], b.shape[0]) if fan_in_fan_out else (b.shape[0], a.shape[1])
+    if a.shape[0] != b.shape[1] or tuple(shape) != tuple(base.shape):
+        raise IrisError(f"LoRA shape {tuple(shape)} does not fit base weight {tuple(base.shape)}: "
                         "this adapter was trained on a different base model.")
-    return base.to(torch.float32) + delta
+    if fan_in_fan_out:
+        return base.to(torch.float32) + (b.to(torch.float32) @ a.to(torch.float32)).T * scale
+    # one fused pass: W + scale · (B @ A) without a separate delta tensor
+    return torch.addmm(base.to(torch.float32), b.to(torch.float32), a.to(torch.float32), alpha=scale)
 
 
 class ShardWriter:
@@ -313,8 +314,10 @@ def _cast(tensor, out_torch, name: str):
     import torch
 
     out = tensor.to(out_torch).contiguous()
-    if out.is_floating_point() and not torch.isfinite(out).all():
-        raise IrisError(f"{name} overflows float16 after merging: export with merge dtype bf16.")
+    if out.is_floating_point() and out.numel():
+        lo, hi = torch.aminmax(out)  # one pass; inf or NaN anywhere makes these non-finite
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            raise IrisError(f"{name} overflows float16 after merging: export with merge dtype bf16.")
     return out
 
 
