@@ -206,8 +206,6 @@ def gguf_metadata(path: Path, keys: tuple[str, ...] = ("general.architecture", "
     (≈ 1 s; gguf-py's reader parses every one of a 128k vocabulary's strings first: ≈ 20 s)."""
     import llama_cpp
 
-    from core.errors import IrisError
-
     try:
         meta = llama_cpp.Llama(str(path), vocab_only=True, verbose=False).metadata
     except Exception as err:  # llama.cpp refuses the file: say which, not a traceback

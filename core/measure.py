@@ -33,8 +33,9 @@ from core import dedup
 from core.formats import conversation_text, role_order_problem
 from core.paths import iris_home
 
+# bump when a measurement's definition changes, so stale caches are not reused
 TEXT_VERSION = "t2"
-TOKENS_VERSION = "k2"  # bump when a measurement's definition changes, so stale caches are not reused
+TOKENS_VERSION = "k2"
 BACKGROUND_MIN_CHARS = 5_000_000  # tokens are counted in a subprocess from this many characters on
 
 
@@ -167,13 +168,13 @@ def text_measurements(df, timings: dict | None = None, signatures: list | None =
     return out
 
 
-def word_measurements(messages: list[list[dict]], signatures: bool = False, ngram: int = 3):
-    """(repetition ratio per row, MinHash signatures per row or None) from one hashing pass over every turn.
+def word_measurements(messages: list[list[dict]], signatures: bool = False, ngram: int = 3,
+                      repetition: bool = True):
+    """(repetition ratio per row (zeros unless `repetition`), MinHash signatures per row or None) from
+    one hashing pass over every turn.
 
     Repetition: share of the assistant turns' word `ngram`s that repeat an earlier one (0 = none, → 1 = a
     loop). Signatures: as `dedup.minhash_signatures(conversation texts)` (turns joined = words concatenated)."""
-    import pandas as pd
-
     rep = np.zeros(len(messages), dtype=np.float32)
     sigs = np.empty((len(messages), 256), dtype=np.uint64) if signatures else None
     flat = [t for m in messages for t in m]
@@ -187,16 +188,10 @@ def word_measurements(messages: list[list[dict]], signatures: bool = False, ngra
             t_lo, t_hi = first_turn[lo], first_turn[hi]
             wh, turn = dedup._word_hashes(contents[t_lo:t_hi])
             row = np.repeat(np.arange(hi - lo), n_turns[lo:hi])[turn]
-            answer = np.array([flat[i]["role"] == "assistant" for i in range(t_lo, t_hi)], dtype=bool)[turn]
-            sh, sd = dedup.shingles_from_words(wh[answer], row[answer], hi - lo, ngram)
-            if len(sh):
-                # the n-gram hash mixed with its row: a value seen before = a repeat within one row
-                # (a hash table, pandas' duplicated: ≈ 4× a sort)
-                key = sh ^ (sd.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-                repeat = pd.Series(key).duplicated().to_numpy()
-                total = np.bincount(sd, minlength=hi - lo)
-                reps = np.bincount(sd, weights=repeat, minlength=hi - lo)
-                rep[lo:hi] = np.where(total >= ngram, reps / np.maximum(total, 1), 0)
+            if repetition:
+                answer = np.array([flat[i]["role"] == "assistant" for i in range(t_lo, t_hi)], dtype=bool)[turn]
+                rep[lo:hi] = _repeat_share(*dedup.shingles_from_words(wh[answer], row[answer], hi - lo, ngram),
+                                           hi - lo, ngram)
             if signatures:
                 sh, sd = dedup.shingles_from_words(wh, row, hi - lo, 5, salt)
                 sigs[lo:hi] = dedup.signature_block(sh, sd, hi - lo)
@@ -252,22 +247,26 @@ def _detect_batch(texts: list[str]) -> list[tuple[str, float]]:
 
 def repetition_ratio(texts: list[str], ngram: int = 3) -> np.ndarray:
     """Per text, the share of its word `ngram`s that repeat an earlier one (0 = none, → 1 = a loop)."""
-    import pandas as pd
-
     out = np.zeros(len(texts), dtype=np.float32)
     for lo, hi in dedup.chunks(texts):
-        sh, doc = dedup.shingle_hashes(texts[lo:hi], ngram)
-        if not len(sh):
-            continue
-        # the n-gram hash mixed with its text's index: a value seen before = a repeat within one text
-        # (a hash table, pandas' duplicated: ≈ 4× a sort)
-        with np.errstate(over="ignore"):
-            key = sh ^ (doc.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-        repeat = pd.Series(key).duplicated().to_numpy()
-        total = np.bincount(doc, minlength=hi - lo)
-        reps = np.bincount(doc, weights=repeat, minlength=len(total))
-        out[lo:lo + len(total)] = np.where(total >= ngram, reps / np.maximum(total, 1), 0)
+        out[lo:hi] = _repeat_share(*dedup.shingle_hashes(texts[lo:hi], ngram), hi - lo, ngram)
     return out
+
+
+def _repeat_share(sh: np.ndarray, doc: np.ndarray, n_docs: int, ngram: int) -> np.ndarray:
+    """Per document, the share of its n-gram hashes `sh` that repeat an earlier one in the same document."""
+    import pandas as pd
+
+    if not len(sh):
+        return np.zeros(n_docs)
+    # the n-gram hash mixed with its document: a value seen before = a repeat within one document
+    # (a hash table, pandas' duplicated: ≈ 4× a sort)
+    with np.errstate(over="ignore"):
+        key = sh ^ (doc.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    repeat = pd.Series(key).duplicated().to_numpy()
+    total = np.bincount(doc, minlength=n_docs)
+    reps = np.bincount(doc, weights=repeat, minlength=n_docs)
+    return np.where(total >= ngram, reps / np.maximum(total, 1), 0)
 
 
 def token_measurements(df, tokenizer_id: str, threads: int = 2, background: bool = False):
@@ -337,7 +336,7 @@ def near_pairs(df, base_threshold: float = 0.5, timings: dict | None = None, key
     def build():
         msgs = df["messages"].tolist()
         start = time.perf_counter()
-        sig = signatures if signatures is not None else word_measurements(msgs, signatures=True)[1]
+        sig = signatures if signatures is not None else word_measurements(msgs, signatures=True, repetition=False)[1]
         mid = time.perf_counter()
         cand = dedup.plausible_pairs(sig, dedup.lsh_candidates(sig, base_threshold), base_threshold)
         del sig

@@ -169,15 +169,11 @@ class PieceCounter:
         """Tokens per text; blocks of ≈ 2M code points on `threads` threads (numpy releases the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        bounds, lo = [], 0
-        while lo < len(texts):
-            hi, size = lo, 0
-            while hi < len(texts) and (size == 0 or size + len(texts[hi]) < _CHUNK_UNITS):
-                size += len(texts[hi]) + 1
-                hi += 1
-            bounds.append((lo, hi))
-            lo = hi
-        longest = max((sum(len(t) + 1 for t in texts[lo:hi]) for lo, hi in bounds), default=0)
+        from core.dedup import chunk_bounds
+
+        sizes = [len(t) for t in texts]
+        bounds = chunk_bounds(sizes, _CHUNK_UNITS, max_items=max(1, len(texts)))
+        longest = max((sum(sizes[lo:hi]) + hi - lo for lo, hi in bounds), default=0)  # + one sentinel per text
         if len(self.powers[0]) <= longest:  # grown here, before the threads share it
             from core.dedup import _powers
 
