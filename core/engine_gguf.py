@@ -157,10 +157,15 @@ class GGUFEngine(Engine):
 
     def prepare(self, messages, settings):
         reserve = min(int(settings.max_new_tokens), self.n_ctx // 2)
+        last: dict = {}
+
+        def count(ms: list[dict]) -> int:  # remember the encoding, so a chat that fits is rendered once
+            last["text"], last["tokens"] = self.encode(ms)
+            return len(last["tokens"])
+
         with self.lock:  # the remembered turns are shared
-            kept, dropped = fit_history(messages, lambda ms: len(self.encode(ms)[1]), self.n_ctx - reserve)
-            text, tokens = self.encode(kept)
-            return kept, tokens, text, dropped
+            kept, dropped = fit_history(messages, count, self.n_ctx - reserve)
+            return kept, last["tokens"], last["text"], dropped
 
     # -- generation (called under self.lock) --
     def _cached_prefix(self, tokens: list[int]) -> int:
