@@ -56,3 +56,20 @@ def tiny_llama3_dir(tmp_path_factory) -> Path:
     from tests.helpers import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama3") / "model", tokenizer="llama-3")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Free loaded llama.cpp models while the interpreter is still whole: a `Llama` collected during
+    shutdown prints a harmless but alarming traceback (its C bindings are already gone)."""
+    import gc
+    import sys
+
+    if "core.inference" in sys.modules:
+        cache = sys.modules["core.inference"].default_cache()
+        for entry in cache.loaded():
+            cache.unload(entry["id"])
+    if "streamlit" in sys.modules:
+        import streamlit as st
+
+        st.cache_resource.clear()
+    gc.collect()
