@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from core.engines import MAX_CTX, Engine, Stream, _check_ram, cpu_threads, fit_history
+from core.engines import MAX_CTX, Engine, Stream, _check_ram, cpu_threads
 from core.errors import IrisError
 
 if TYPE_CHECKING:
@@ -156,16 +156,8 @@ class GGUFEngine(Engine):
         return text, reused + (self.llm.tokenize(rest.encode("utf-8"), add_bos=False, special=True) if rest else [])
 
     def prepare(self, messages, settings):
-        reserve = min(int(settings.max_new_tokens), self.n_ctx // 2)
-        last: dict = {}
-
-        def count(ms: list[dict]) -> int:  # remember the encoding, so a chat that fits is rendered once
-            last["text"], last["tokens"] = self.encode(ms)
-            return len(last["tokens"])
-
-        with self.lock:  # the remembered turns are shared
-            kept, dropped = fit_history(messages, count, self.n_ctx - reserve)
-            return kept, last["tokens"], last["text"], dropped
+        with self.lock:  # encode reads the remembered turns, which sessions share
+            return super().prepare(messages, settings)
 
     # -- generation (called under self.lock) --
     def _cached_prefix(self, tokens: list[int]) -> int:

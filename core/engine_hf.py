@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from core.engines import MAX_CTX, Engine, Stream, _check_ram, fit_history
+from core.engines import MAX_CTX, Engine, Stream, _check_ram
 from core.errors import IrisError
 
 if TYPE_CHECKING:
@@ -79,12 +79,6 @@ class HFEngine(Engine):
     def tokenize(self, text: str) -> list[int]:
         # The template writes any BOS itself (as apply_chat_template(tokenize=True) assumes).
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def prepare(self, messages, settings):
-        reserve = min(int(settings.max_new_tokens), self.n_ctx // 2)
-        kept, dropped = fit_history(messages, lambda ms: len(self.tokenize(self.render(ms))), self.n_ctx - reserve)
-        text = self.render(kept)
-        return kept, self.tokenize(text), text, dropped
 
     def generate_bytes(self, stream: Stream, settings: "DecodingSettings") -> Iterator[bytes]:
         import torch

@@ -105,6 +105,7 @@ def fit_history(messages: list[dict], count: Callable[[list[dict]], int], limit:
     Returns (kept messages, number dropped). Turns go oldest first, and a leading assistant turn left
     behind goes with its user turn, so the history still starts with the user. The system prompt and
     the newest user message are never dropped; if they alone do not fit, the prompt is too long.
+    The last call to `count` is always on the messages returned (callers rely on it to keep that encoding).
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
     rest = messages[len(system):]
@@ -229,9 +230,30 @@ class Engine:
             pass
         return Answer(s.text, s.stats, s.note)
 
-    # -- what each backend provides --
     def prepare(self, messages: list[dict], settings: "DecodingSettings") -> tuple[list[dict], list[int], str, int]:
-        """(kept messages, prompt token ids, prompt text, messages dropped) for this chat."""
+        """(kept messages, prompt token ids, prompt text, messages dropped) for this chat, trimmed so the
+        answer's max_new_tokens (at most half the context) still fit."""
+        reserve = min(int(settings.max_new_tokens), self.n_ctx // 2)
+        last: dict = {}
+
+        def count(ms: list[dict]) -> int:  # fit_history's last count is of the kept chat: encode it once
+            last["text"], last["tokens"] = self.encode(ms)
+            return len(last["tokens"])
+
+        kept, dropped = fit_history(messages, count, self.n_ctx - reserve)
+        return kept, last["tokens"], last["text"], dropped
+
+    def encode(self, messages: list[dict]) -> tuple[str, list[int]]:
+        """(rendered prompt, its token ids); a backend may reuse tokens it already holds."""
+        text = self.render(messages)
+        return text, self.tokenize(text)
+
+    # -- what each backend provides --
+    def render(self, messages: list[dict]) -> str:
+        """The prompt text of this chat through the model's own template, ready for the answer."""
+        raise NotImplementedError
+
+    def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError
 
     def generate_bytes(self, stream: Stream, settings: "DecodingSettings") -> Iterator[bytes]:
