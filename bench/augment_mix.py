@@ -4,11 +4,11 @@ Run as: .venv/bin/python bench/augment_mix.py [--recipe data/recipes/sample_plus
 
 Phases, timed separately in one process (the tokenizer is loaded once, before timing):
   raw generation   reasoning-gym items for the recipe's generators, nothing else (the baseline)
-  iris generation  core.generate: the same items + answer check + explanation; ratio vs raw
-  load             every source through core.augment.load_source (the sample's JSONL + generation)
-  dedup            exact + cross-source near dedup of the pooled rows (core.dedup)
+  iris generation  core.data.generate: the same items + answer check + explanation; ratio vs raw
+  load             every source through core.data.augment.load_source (the sample's JSONL + generation)
+  dedup            exact + cross-source near dedup of the pooled rows (core.data.dedup)
   tokens           token counts, once per pooled row (stages reuse them)
-  build            the whole core.augment.build, `--repeats` times; the content hashes must agree
+  build            the whole core.data.augment.build, `--repeats` times; the content hashes must agree
 The machine is shared (2 cores): figures are noisy; compare only within one run.
 """
 from __future__ import annotations
@@ -39,8 +39,9 @@ def main() -> None:
 
     import reasoning_gym
 
-    from core import augment, tokenizers, versions
-    from core.generate import HUMAN_EVAL, generate
+    from core import versions
+    from core.data import augment, tokenizers
+    from core.data.generate import HUMAN_EVAL, generate
 
     recipe = augment.load_recipe_file(args.recipe)
     tokenizers.load(recipe.tokenizer)  # cached for the rest of the run: not part of any phase

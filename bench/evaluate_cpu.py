@@ -28,16 +28,19 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("IRIS_HOME", tempfile.mkdtemp(prefix="iris-bench-eval-"))
 
-    from core import evaluate, models, perplexity, questions
-    from core.evaluate import EvalPlan
+    from core import models
+    from core.evaluate import perplexity, questions
+    from core.evaluate.answers import read_answers
+    from core.evaluate.job import main as run_plan
+    from core.evaluate.plan import EvalPlan
 
     models.materialise_embedded()
     plan = EvalPlan(name="bench", models=["smollm2-135m-instruct", "model:smollm2-135m-instruct"],
                     settings=["A"], max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
-    folder = evaluate.main(plan)
+    folder = run_plan(plan)
     wall = time.perf_counter() - started
-    answers = evaluate.read_answers(folder)
+    answers = read_answers(folder)
     print(f"lab set, 2 models x 5 questions, max_new_tokens={args.max_new_tokens}: {wall:.1f} s in all")
     for model in plan.models:
         mine = [a for a in answers if a["model"] == model]

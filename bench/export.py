@@ -70,7 +70,8 @@ sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from peft import LoraConfig, get_peft_model
-from core import models, tokenizers
+from core import models
+from core.data import tokenizers
 work = Path({str(work)!r})
 torch.manual_seed(0)
 cfg = LlamaConfig(**models.LLAMA_CONFIGS[{MODEL_ID!r}], dtype="bfloat16")

@@ -2,7 +2,7 @@
 
 Run as: IRIS_HOME=/tmp/iris-ddp python bench/train_ddp.py [--steps 25]   (needs ≥ 2 CUDA GPUs)
 
-Both runs go through core.train.start, exactly as the Train page launches them: with one GPU visible
+Both runs go through core.train.lora.start, exactly as the Train page launches them: with one GPU visible
 (CUDA_VISIBLE_DEVICES=0) a single process; with all of them, `accelerate launch` with one DDP process
 per GPU. The backend is transformers+peft+trl in both (unsloth trains single-process only in Iris), the
 model the Llama-3.2-1B architecture with random weights, rows packed to 2048 tokens, batch 8 per GPU.
@@ -21,7 +21,8 @@ sys.path.insert(0, str(REPO))
 
 
 def run_once(cfg, name: str, visible: str | None) -> dict:
-    from core import jobs, train
+    from core import jobs, runs
+    from core.train import lora
 
     if visible is None:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
@@ -29,9 +30,9 @@ def run_once(cfg, name: str, visible: str | None) -> dict:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
     cfg.run_name = name
     t = time.time()
-    run_dir = train.start(cfg)
+    run_dir = lora.start(cfg)
     status = jobs.wait(run_dir, timeout_s=500)
-    tps = [m["tokens_per_s"] for m in train.read_metrics(run_dir) if m.get("tokens_per_s") and m["step"] > 5]
+    tps = [m["tokens_per_s"] for m in runs.read_metrics(run_dir) if m.get("tokens_per_s") and m["step"] > 5]
     print(f"{name}: {status['state']} at step {status.get('step')} in {time.time() - t:.0f} s, "
           f"{status.get('processes')} process(es)", flush=True)
     if status["state"] != "completed":
@@ -46,7 +47,7 @@ def main() -> None:
     from bench.train_gpu import build_model
     from bench.train_gpu_e2e import synthetic_version
     from core.paths import models_dir
-    from core.train_config import load_preset
+    from core.train.config import load_preset
 
     model_dir = build_model(models_dir() / "llama-3.2-1b-random")
     synthetic_version("repeat-words-big", rows=4000, max_words=700)

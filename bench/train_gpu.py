@@ -7,7 +7,7 @@ the weight values), rows of exactly 2048 tokens, LoRA r=16 on the lab's projecti
   (1) plain    transformers + peft + trl SFTTrainer at the lab's settings (batch 2 × accum 4, trl's
                gradient checkpointing, adamw_8bit)
   (2) unsloth  FastLanguageModel at the lab's settings (its offloaded gradient checkpointing)
-  (3) iris     unsloth with the batch size / packing / checkpointing that core.estimate.fill_card picks
+  (3) iris     unsloth with the batch size / packing / checkpointing that core.train.estimate.fill_card picks
                for this card (the pre-launch estimator's choice)
 Each path runs in its own process (unsloth patches transformers globally). Printed per path: tokens/s
 over the timed steps (after warm-up), peak allocated VRAM, MFU = 6 × params × tokens/s ÷ 790e12 (H100
@@ -38,7 +38,8 @@ def build_model(out: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from core import models, tokenizers
+    from core import models
+    from core.data import tokenizers
 
     arch = dict(models.LLAMA_CONFIGS[MODEL_ID])
     torch.manual_seed(0)
@@ -60,9 +61,9 @@ def token_rows(n: int, seed: int = 0):
 
 def run_path(name: str, model_dir: Path, steps: int, warmup: int) -> dict:
     """One timed training run in this process; returns its figures."""
-    from core.estimate import Device, count_params, fill_card
     from core.models import LLAMA_CONFIGS
-    from core.train_config import TrainConfig
+    from core.train.config import TrainConfig
+    from core.train.estimate import Device, count_params, fill_card
 
     cfg = TrainConfig(base_model=MODEL_ID, dataset="bench", max_seq_length=SEQ, batch_size=2, grad_accum=4,
                       optimizer="adamw_8bit", assistant_only_loss=False, max_steps=warmup + steps,
@@ -73,7 +74,7 @@ def run_path(name: str, model_dir: Path, steps: int, warmup: int) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from core import backends
+    from core.train import backends
 
     if name == "iris":
         card = torch.cuda.get_device_properties(0).total_memory
@@ -131,7 +132,7 @@ def main() -> None:
                                "--warmup", str(args.warmup), "--model-dir", str(model_dir)],
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                   filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(f"{name}: failed (rc {proc.returncode})\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}", flush=True)
             continue

@@ -2,7 +2,7 @@
 
 Run as: IRIS_HOME=/tmp/iris-gpu python bench/train_gpu_e2e.py [--steps 30]
 
-Everything goes through the same calls the Train page makes (core.train.start / resume, core.jobs
+Everything goes through the same calls the Train page makes (core.train.lora.start / resume, core.jobs
 request_stop / wait), so the job runs as its own subprocess with the backend it picks itself (unsloth
 when CUDA is there and it imports). The base model is the Llama-3.2-1B architecture with random weights,
 the data a synthetic "repeat these words" version. Prints what happened and fails loudly if the step
@@ -47,9 +47,10 @@ def main() -> None:
     parser.add_argument("--stop-at", type=int, default=13, help="request a graceful stop once this step is done")
     args = parser.parse_args()
     from bench.train_gpu import build_model
-    from core import jobs, train
+    from core import jobs, runs
     from core.paths import models_dir
-    from core.train_config import load_preset
+    from core.train import lora
+    from core.train.config import load_preset
 
     model_dir = build_model(models_dir() / "llama-3.2-1b-random")
     synthetic_version("repeat-words")
@@ -58,7 +59,7 @@ def main() -> None:
     cfg.base_model, cfg.dataset, cfg.max_steps, cfg.eval_steps = str(model_dir), "repeat-words", args.steps, 10
     cfg.mirror_dir, cfg.run_name = str(mirror), f"gpu-e2e-{int(time.time())}"
     t0 = time.time()
-    run_dir = train.start(cfg)
+    run_dir = lora.start(cfg)
     print(f"launched {run_dir.name}: {jobs.read_status(run_dir).get('launched_argv')}", flush=True)
     while True:
         status = jobs.read_status(run_dir)
@@ -68,15 +69,15 @@ def main() -> None:
     jobs.request_stop(run_dir)
     status = jobs.wait(run_dir, timeout_s=400)
     print(f"stop: state {status['state']} at step {status.get('step')} after {time.time() - t0:.0f} s; "
-          f"checkpoints {train.list_checkpoints(run_dir)}; backend {status.get('backend')}", flush=True)
+          f"checkpoints {runs.list_checkpoints(run_dir)}; backend {status.get('backend')}", flush=True)
     assert status["state"] == "stopped", (status, jobs.tail(run_dir / "train.log"))
     t1 = time.time()
-    train.resume(run_dir)
+    lora.resume(run_dir)
     status = jobs.wait(run_dir, timeout_s=400)
-    metrics = train.read_metrics(run_dir)
+    metrics = runs.read_metrics(run_dir)
     steps = [m["step"] for m in metrics if "loss" in m]
     print(f"resume: state {status['state']} at step {status.get('step')} after {time.time() - t1:.0f} s; "
-          f"checkpoints {train.list_checkpoints(run_dir)}; adapter {sorted(p.name for p in (run_dir / 'adapter').glob('*'))}",
+          f"checkpoints {runs.list_checkpoints(run_dir)}; adapter {sorted(p.name for p in (run_dir / 'adapter').glob('*'))}",
           flush=True)
     assert status["state"] == "completed" and status["step"] == args.steps, (status, jobs.tail(run_dir / "train.log"))
     assert steps == list(range(1, args.steps + 1)), steps

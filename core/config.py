@@ -5,7 +5,10 @@ it is written beside the job's outputs as YAML so every folder describes itself.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import typing
 from pathlib import Path
 from typing import Any, Type, TypeVar
@@ -81,3 +84,17 @@ def load_yaml(cls: Type[T], path: Path) -> T:
     if not path.exists():
         raise IrisError(f"{path} does not exist.")
     return from_yaml(cls, path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: its docstring} for a dataclass whose fields carry one (the string right under the field), so
+    pages take their help text from the one place that documents each setting."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

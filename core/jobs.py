@@ -154,3 +154,15 @@ def tail(path: Path, max_bytes: int = 8000) -> str:
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - max_bytes))
         return f.read().decode("utf-8", errors="replace")
+
+
+def progress_line(status: dict, unit: str = "steps") -> tuple[float, str]:
+    """(fraction done, one line) for a job's status: state, step/total in `unit`, ETA while running, message.
+    Every page's progress bar says the same things the same way."""
+    state, step, total = status.get("state", "not started"), status.get("step") or 0, status.get("total") or 0
+    text = f"{state}: {step}/{total or '?'} {unit}"
+    if status.get("eta_s") and state == "running":
+        text += f", ETA {status['eta_s'] / 60:.1f} min"
+    if status.get("message") and status.get("message") != state:
+        text += f" · {status['message']}"
+    return (min(1.0, step / total) if total else 0.0), text

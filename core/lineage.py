@@ -9,28 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from core import jobs, versions
-from core.paths import exports_dir, listed, models_dir, read_json, runs_dir
-
-
-def _yaml(path: Path) -> dict:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (FileNotFoundError, yaml.YAMLError):
-        return {}
+from core import jobs, runs, versions
+from core.paths import exports_dir, listed, models_dir, read_json
 
 
 def list_runs() -> list[dict]:
-    out = []
-    for folder in listed(runs_dir()):
-        cfg = _yaml(folder / "config.yaml")
-        status = jobs.read_status(folder)
-        out.append({"run": folder.name, "path": str(folder), "base_model": cfg.get("base_model"),
-                    "dataset": cfg.get("dataset"), "state": status.get("state", "unknown"),
-                    "step": status.get("step"), "total": status.get("total")})
-    return out
+    return [{**r, "path": str(r["path"])} for r in runs.list_runs()]
 
 
 def list_exports() -> list[dict]:

@@ -156,3 +156,10 @@ def split(df, eval_fraction: float, seed: int = 0, stratify: str | None = None):
     mask = np.zeros(len(df), dtype=bool)
     mask[eval_idx] = True
     return df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True)
+
+
+def table_rows() -> list[dict]:
+    """One row per saved version for pages: name, kind, rows, eval rows, parent and when it was made."""
+    return [{"version": v["name"], "kind": v["kind"], "rows": v["rows"]["train"], "eval": v["rows"]["eval"],
+             "parent": v["parent"].get("version") or v["parent"].get("source"), "created": v["created"]}
+            for v in list_versions()]

@@ -2,11 +2,12 @@
 import plotly.express as px
 import streamlit as st
 
-from core import augment, versions
+from core import versions
 from core.config import to_yaml
+from core.data import augment
+from core.data.generate import HUMAN_EVAL, MATH_LOGIC_500, generator_names, specs_at_level
+from core.data.view import save_upload
 from core.errors import IrisError
-from core.generate import HUMAN_EVAL, MATH_LOGIC_500, GeneratorSpec, generator_names
-from core.paths import uploads_dir
 
 
 @st.cache_data(show_spinner="Building the mixture (load, dedup, sample, count tokens)…", max_entries=4)
@@ -39,15 +40,15 @@ sources: list[dict] = [{"name": v, "kind": "version", "version": v} for v in pic
 if use_sample:
     sources.append({"name": "finetome-sample", "kind": "file", "path": "sample"})
 if upload is not None:
-    target = uploads_dir() / upload.name
-    target.write_bytes(upload.getvalue())  # the recipe names the file, so it must outlive this session
-    sources.append({"name": upload.name, "kind": "file", "path": str(target)})
+    try:  # the recipe names the file, so it must outlive this session: saved like the Data page's uploads
+        sources.append({"name": upload.name, "kind": "file", "path": str(save_upload(upload.name, upload.getvalue()))})
+    except IrisError as err:
+        st.error(str(err))
 if hub_id.strip():
     sources.append({"name": hub_id.strip(), "kind": "hub", "hub_id": hub_id.strip()})
 if gens:
-    fixed = {"gsm_symbolic", HUMAN_EVAL}  # no curriculum levels there
-    sources.append({"name": "generated", "kind": "generated", "seed": int(gen_seed), "generators": [
-        GeneratorSpec(g, int(n), None if level == "default" or g in fixed else int(level)) for g, n in per_gen.items()]})
+    sources.append({"name": "generated", "kind": "generated", "seed": int(gen_seed),
+                    "generators": specs_at_level(per_gen, None if level == "default" else int(level))})
 
 st.subheader("Mixture")
 by_share = st.radio("Size each source by", ["row cap", "share of the mixture"], horizontal=True, key="mode") != "row cap"
@@ -77,7 +78,7 @@ except IrisError as err:
     st.error(str(err))
     st.stop()
 recipe_yaml = to_yaml(recipe)
-with st.expander("Recipe (YAML) — `python -m core.augment RECIPE.yaml --name NAME` runs the same"):
+with st.expander("Recipe (YAML) — `python -m core.data augment RECIPE.yaml --name NAME` runs the same"):
     st.code(recipe_yaml, language="yaml")
 
 if st.button("Preview mixture", key="preview", type="primary"):

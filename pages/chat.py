@@ -1,8 +1,10 @@
 """Chat page: talk to any model version on the CPU, or send one prompt to a grid of (model, setting) cells."""
 import streamlit as st
 
-from core import chat, inference
+from core import inference
+from core.chat import compare, transcripts
 from core.errors import IrisError
+from ui.forms import decoding_inputs
 
 
 @st.cache_resource
@@ -19,31 +21,24 @@ st.title("Chat")
 models = {m.id: m for m in inference.list_chat_models()}
 with st.sidebar:
     model_id = st.selectbox("Model", list(models), format_func=lambda i: models[i].label, key="model")
-    system = st.text_area("System prompt", chat.DEFAULT_SYSTEM, key="system")
+    system = st.text_area("System prompt", transcripts.DEFAULT_SYSTEM, key="system")
     choice = st.radio("Decoding", ["A", "B", "custom"], horizontal=True, key="preset",
                       help="A: temperature 0.2 / top_p 0.7 (focused) · B: 0.7 / 0.9 (varied)")
     base = inference.preset("A" if choice == "custom" else choice)
     with st.expander("Custom settings", expanded=choice == "custom"):
-        custom = dict(temperature=st.slider("temperature", 0.0, 2.0, base.temperature, 0.05),
-                      top_p=st.slider("top_p", 0.05, 1.0, base.top_p, 0.05),
-                      top_k=st.number_input("top_k (0 = off)", 0, 500, base.top_k),
-                      repeat_penalty=st.slider("repeat penalty", 1.0, 2.0, base.repeat_penalty, 0.05),
-                      max_new_tokens=st.number_input("max new tokens", 1, 4096, base.max_new_tokens),
-                      seed=st.number_input("seed", 0, 2**31 - 1, base.seed))
+        custom = decoding_inputs(st, base)
     settings = inference.DecodingSettings(**custom) if choice == "custom" else base
     if st.button("New chat"):
         ss.update(messages=[], transcript=None, partial=None)
     st.subheader("Loaded models")
-    for e in engines().loaded():
-        st.caption(f"{e['label']}: ≈ {e['ram_bytes'] / 2**20:,.0f} MiB RAM")
+    st.caption("  \n".join(f"{e['label']}: ≈ {e['ram_bytes'] / 2**20:,.0f} MiB RAM" for e in engines().loaded()))
     st.subheader("Transcripts")
-    saved = chat.list_transcripts()
-    pick = st.selectbox("Saved", [t["id"] for t in saved], index=None, key="pick",
-                        format_func=lambda i: next(f"{t['created']} · {t['kind']} · {t['title']}" for t in saved
-                                                   if t["id"] == i))
+    saved = transcripts.list_transcripts()
+    labels = {t["id"]: f"{t['created']} · {t['kind']} · {t['title']}" for t in saved}
+    pick = st.selectbox("Saved", list(labels), index=None, key="pick", format_func=labels.get)
     if pick and st.button("Open"):
         try:
-            t = chat.load_transcript(pick)
+            t = transcripts.load_transcript(pick)
             if t["kind"] == "chat":
                 ss.update(messages=t["messages"], transcript=t["id"], partial=None)
                 st.info(f"Reopened a chat with {t['model']['label']} (system prompt and settings as saved: "
@@ -59,18 +54,17 @@ with tab_chat:
     if ss.partial:  # the stop button interrupted the last answer: keep what had arrived
         ss.messages.append({"role": "assistant", "content": ss.partial, "note": "stopped"})
         ss.partial = None
-        ss.transcript = chat.save_chat(model_id, system, settings, ss.messages, ss.transcript)
+        ss.transcript = transcripts.save_chat(model_id, system, settings, ss.messages, ss.transcript)
     for m in ss.messages:
         with st.chat_message(m["role"]):
             st.markdown(m["content"])
             if m.get("note"):
                 st.caption(f"⚠ {m['note']}")
             if m.get("stats"):
-                st.caption(chat.stats_line(m["stats"]))
+                st.caption(transcripts.stats_line(m["stats"]))
     prompt = st.chat_input("Ask something")
     if prompt is not None:
-        history = [{"role": m["role"], "content": m["content"]} for m in ss.messages]
-        messages = chat.compare_messages(system, prompt)[:-1] + history + [{"role": "user", "content": prompt}]
+        messages = transcripts.chat_messages(system, ss.messages, prompt)
         try:
             stream = inference.load_engine(model_id, engines()).stream(messages, settings)
             ss.messages.append({"role": "user", "content": prompt})
@@ -89,10 +83,10 @@ with tab_chat:
 
                 st.write_stream(pieces())
                 ss.partial = None
-                st.caption(chat.stats_line(stream.stats.to_dict()))
+                st.caption(transcripts.stats_line(stream.stats.to_dict()))
             ss.messages.append({"role": "assistant", "content": stream.text, "stats": stream.stats.to_dict(),
                                 "note": stream.note})
-            ss.transcript = chat.save_chat(model_id, system, settings, ss.messages, ss.transcript)
+            ss.transcript = transcripts.save_chat(model_id, system, settings, ss.messages, ss.transcript)
         except IrisError as err:
             ss.partial = None
             st.error(str(err))
@@ -109,9 +103,9 @@ with tab_compare:
         try:
             if not cmp_prompt.strip():
                 raise IrisError("empty prompt: type a message first.")
-            cells = chat.compare_grid(picked, {n: settings if n == "custom" else inference.preset(n)
+            cells = compare.compare_grid(picked, {n: settings if n == "custom" else inference.preset(n)
                                                for n in setting_names})
-            order = chat.blind_order(len(cells), int(seed)) if blind else list(range(len(cells)))
+            order = compare.blind_order(len(cells), int(seed)) if blind else list(range(len(cells)))
             answers: list = [None] * len(cells)
             columns = st.columns(min(len(setting_names), 4))
             for pos, i in enumerate(order):
@@ -119,17 +113,17 @@ with tab_compare:
                 with columns[pos % len(columns)]:
                     st.markdown(f"**Answer {pos + 1}**" if blind else f"**{models[c.model_id].label} · {c.setting}**")
                     s = inference.load_engine(c.model_id, engines()).stream(
-                        chat.compare_messages(system, cmp_prompt), c.settings)
+                        compare.compare_messages(system, cmp_prompt), c.settings)
                     st.write_stream(s)
-                    st.caption(chat.stats_line(s.stats.to_dict()))
+                    st.caption(transcripts.stats_line(s.stats.to_dict()))
                     answers[i] = inference.Answer(s.text, s.stats, s.note)
-            ss.compare_id = chat.save_compare(cmp_prompt, system, cells, answers, int(seed) if blind else None)
+            ss.compare_id = compare.save_compare(cmp_prompt, system, cells, answers, int(seed) if blind else None)
             st.rerun()  # show the saved comparison (and the vote) from disk
         except IrisError as err:
             st.error(str(err))
     if ss.compare_id:
         try:
-            t = chat.load_transcript(ss.compare_id)
+            t = transcripts.load_transcript(ss.compare_id)
             b = t["blind"]
             order = b["order"] if b else list(range(len(t["cells"])))
             st.divider()
@@ -142,12 +136,12 @@ with tab_compare:
                     st.markdown(f"**Answer {pos + 1}**" if hidden else f"**Answer {pos + 1}: {c['model']['label']} · "
                                 f"{c['setting']}**")
                     st.markdown(c["answer"])
-                    st.caption(chat.stats_line(c["stats"]))
+                    st.caption(transcripts.stats_line(c["stats"]))
             if b and b["choice"] is None:
                 vote = st.radio("Which answer is best?", range(len(order)), format_func=lambda p: f"Answer {p + 1}",
                                 horizontal=True, key="vote")
                 if st.button("Record vote"):
-                    chat.record_vote(t["id"], int(vote))
+                    transcripts.record_vote(t["id"], int(vote))
                     st.rerun()
             elif b:
                 st.success(f"You preferred answer {b['choice'] + 1}: {b['preferred']['model']} · "

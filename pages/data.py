@@ -1,11 +1,15 @@
 """Data: load a dataset, browse and search it, measure it, filter it with a recipe that says why each
-row went, and save the result as an immutable version (core.formats / measure / filters / data)."""
+row went, and save the result as an immutable version (core.data.formats / measure / filters / data)."""
 import numpy as np
 import streamlit as st
 
-from core import data, data_view, measure, versions
+from core import versions
+from core.data import edu, measure, store
+from core.data import view as data_view
+from core.data.dedup import NEAR_DUP_THRESHOLD
+from core.data.filters import STEP_TABLE, DataRecipe, Step, apply_recipe, default_recipe
 from core.errors import IrisError
-from core.filters import DataRecipe, Step, apply_recipe, default_recipe
+from ui.forms import field_input
 
 TOKENIZERS = ["llama-3", "smollm2-135m-instruct"]
 
@@ -13,13 +17,7 @@ TOKENIZERS = ["llama-3", "smollm2-135m-instruct"]
 @st.cache_resource(max_entries=3, show_spinner="Loading and normalising…")
 def load_rows(source: str, split: str, revision: str, keep_broken: bool):
     """Shared, not copied: a 100k-row frame must not be pickled on every rerun (cache_data would)."""
-    if source.startswith("version:"):
-        df, manifest = data.load_version_rows(source[8:])
-        parent = {"version": source[8:], "content_hash": manifest.get("content_hash")}
-    else:
-        from core.formats import load_source
-        df, parent = load_source(source, split=split, revision=revision or None, keep_broken_roles=keep_broken), {
-            "source": source, "split": split, "revision": revision or None}
+    df, parent = store.load_for_edit(source, split, revision, keep_broken)
     return df, measure.dataset_key(df), data_view.lowered_texts(df), parent
 
 
@@ -29,8 +27,8 @@ def measured(_df, key: str, tokenizer: str):
 
 
 @st.cache_data(max_entries=4, show_spinner="Plotting…")
-def figures(_df, _m, key: str, tokenizer: str):
-    near = measure.near_clusters(measure.near_pairs(_df), len(_df), 0.6)
+def figures(_df, _m, key: str, tokenizer: str, threshold: float):
+    near = measure.near_clusters(measure.near_pairs(_df), len(_df), threshold)
     return data_view.stats_figures(_df, _m, near)
 
 
@@ -99,7 +97,9 @@ with browse:
             st.markdown(turn["content"] or "*(empty turn)*")
 
 with stats:
-    for title, fig in figures(df, m, key, tokenizer).items():
+    # the Filter tab's near-duplicate threshold (its widget state), so both tabs count the same clusters
+    threshold = float(st.session_state.get("near_dedup.threshold", NEAR_DUP_THRESHOLD))
+    for title, fig in figures(df, m, key, tokenizer, threshold).items():
         st.subheader(title)
         st.plotly_chart(fig, use_container_width=True)
 
@@ -107,23 +107,13 @@ with recipe_tab:
     base = default_recipe()
     steps = []
     for step in base.steps:
-        fields = data_view.STEP_FIELDS[step.kind]
+        kind = STEP_TABLE[step.kind]
+        fields = {n: f for n, f in kind.fields.items() if f.widget}
         cols = st.columns([1.3] + [1] * max(1, len(fields)))
-        on = cols[0].toggle(step.kind, value=step.enabled, key=f"on_{step.kind}")
+        on = cols[0].toggle(kind.label, value=step.enabled, key=f"on_{step.kind}", help=kind.help)
         params = {}
-        for col, (name, widget) in zip(cols[1:], fields.items()):
-            value = step.params[name]
-            if widget == "int":
-                params[name] = int(col.number_input(name, value=int(value), step=1, key=f"{step.kind}.{name}"))
-            elif widget == "float":
-                params[name] = float(col.number_input(name, value=float(value), step=0.05, key=f"{step.kind}.{name}"))
-            elif widget == "list":
-                text = col.text_input(name, ", ".join(value or []), key=f"{step.kind}.{name}")
-                params[name] = [t.strip() for t in text.split(",") if t.strip()]
-            else:
-                from core import edu
-                text = col.text_area(name, "\n".join(value or edu.PROTOTYPES), key=f"{step.kind}.{name}")
-                params[name] = [t for t in text.splitlines() if t.strip()]
+        for col, (name, f) in zip(cols[1:], fields.items()):
+            params[name] = field_input(col, f, step.params[name], f"{step.kind}.{name}", edu.PROTOTYPES)
         steps.append(Step(step.kind, enabled=on, params=params))
     try:
         recipe = DataRecipe(name="page", tokenizer=tokenizer, steps=steps)
@@ -143,18 +133,16 @@ with recipe_tab:
         fraction = st.number_input("Eval split fraction", 0.0, 0.5, 0.0, 0.01, key="save_fraction")
         if st.form_submit_button(f"Save {int(result.kept.sum()):,} rows as a version", type="primary"):
             try:
-                path = data.save_filtered(result, recipe, name, parent, eval_fraction=fraction)
+                path = store.save_filtered(result, recipe, name, parent, eval_fraction=fraction)
                 st.success(f"Saved version {name} → {path}")
             except IrisError as err:
                 st.error(str(err))
     st.download_button("Download recipe YAML", recipe.to_yaml(), "recipe.yaml")
 
 with saved:
-    listing = versions.list_versions()
+    listing = versions.table_rows()
     if listing:
-        st.dataframe([{"version": v["name"], "kind": v["kind"], "rows": v["rows"]["train"], "eval": v["rows"]["eval"],
-                       "parent": v["parent"].get("version") or v["parent"].get("source"), "created": v["created"]}
-                      for v in listing], hide_index=True)
+        st.dataframe(listing, hide_index=True)
         st.caption("Reload one with Load a dataset → Saved version.")
     else:
         st.info("No saved versions yet.")

@@ -1,8 +1,14 @@
 """Evaluate: question sets, evaluation plans run as jobs, blind rubric scoring, results and quality vs speed."""
 import streamlit as st
 
-from core import evaluate, inference, jobs, questions, scoring, versions
+from core import inference, jobs, versions
 from core.errors import IrisError
+from core.evaluate import questions, scoring
+from core.evaluate.answers import read_answers
+from core.evaluate.job import launch as launch_plan
+from core.evaluate.judge import judge_candidates
+from core.evaluate.plan import EvalPlan, expand, list_plans, load_plan, plan_dir
+from ui.progress import job_panel
 
 st.title("Evaluate")
 st.caption("Ask every model the same questions, score the answers blind on the lab's 20-point rubric, "
@@ -40,61 +46,49 @@ with t_plan:
         max_new = c2.number_input("Max new tokens", 1, 4096, 256)
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
         heldout = st.selectbox("Held-out loss on (optional)", eval_sets, format_func=lambda v: v or "(none)")
-        judge = st.selectbox("Automatic judge (optional GGUF)", [""] + [i for i in models if i == "smollm2-135m-instruct"
-                             or i.endswith(".gguf")], format_func=lambda v: models.get(v, "(none)"))
+        judge = st.selectbox("Automatic judge (optional GGUF)", [""] + [m.id for m in judge_candidates()],
+                             format_func=lambda v: models.get(v, "(none)"))
         submitted = st.form_submit_button("Save and run")
     if submitted:
         try:
-            plan = evaluate.EvalPlan(name=plan_name, models=chosen, settings=settings, question_set=qset,
-                                     seed=int(seed), max_new_tokens=int(max_new), heldout_dataset=heldout,
-                                     judge_model=judge)
-            cells, _ = evaluate.expand(plan)
-            evaluate.launch(plan)
+            plan = EvalPlan(name=plan_name, models=chosen, settings=settings, question_set=qset,
+                            seed=int(seed), max_new_tokens=int(max_new), heldout_dataset=heldout, judge_model=judge)
+            cells, _ = expand(plan)
+            launch_plan(plan)
             st.session_state["eval_plan"] = plan.name
             st.success(f"Started {plan.name}: {len(cells)} answers to produce (already produced ones are kept).")
         except IrisError as err:
             st.error(str(err))
 
-    @st.fragment(run_every=2)
-    def progress() -> None:
-        plans = evaluate.list_plans()
-        if not plans:
-            st.info("No plans yet.")
-            return
+    plans = list_plans()
+    if not plans:
+        st.info("No plans yet.")
+    else:
         current = st.session_state.get("eval_plan")
         pick = st.selectbox("Plan", plans, index=plans.index(current) if current in plans else 0, key="run_pick")
-        folder = evaluate.plan_dir(pick)
-        status = jobs.read_status(folder)
-        state, step, total = status.get("state", "not started"), status.get("step") or 0, status.get("total") or 0
-        st.progress(step / total if total else 0.0, text=f"{state} · {step}/{total} answers · {status.get('message', '')}")
-        if status.get("error"):
-            st.error(status["error"])
-        b1, b2 = st.columns(2)
-        if state in jobs.ACTIVE and b1.button("Stop", key="run_stop"):
-            jobs.request_stop(folder)
-        if state not in jobs.ACTIVE and b2.button("Resume / rerun", key="run_resume"):
-            try:
-                evaluate.launch(evaluate.load_plan(pick))
-            except IrisError as err:
-                st.error(str(err))
-        with st.expander("Log"):
-            st.code(jobs.tail(folder / jobs.LOG) or "(empty)")
 
-    progress()
+        def resume(status: dict) -> None:
+            if status.get("state") not in jobs.ACTIVE and st.button("Resume / rerun", key="run_resume"):
+                try:
+                    launch_plan(load_plan(pick))
+                except IrisError as err:
+                    st.error(str(err))
+
+        job_panel(plan_dir(pick), unit="answers", extra=resume)
 
 with t_score:
-    plans = evaluate.list_plans()
+    plans = list_plans()
     if not plans:
         st.info("Run a plan first.")
     else:
         pick = st.selectbox("Plan to score", plans, key="score_plan")
-        folder = evaluate.plan_dir(pick)
+        folder = plan_dir(pick)
         rater = st.text_input("Your name (scores are kept per rater)", key="rater")
         if "blind_seed" not in st.session_state:
             st.session_state["blind_seed"] = scoring.new_session_seed()
-        answers = evaluate.read_answers(folder)
+        answers = read_answers(folder)
         try:
-            qset = questions.load_set(evaluate.load_plan(pick).question_set)
+            qset = questions.load_set(load_plan(pick).question_set)
         except IrisError as err:
             st.error(str(err))
             st.stop()
@@ -124,10 +118,10 @@ with t_score:
                 st.write(q.reference)
 
 with t_results:
-    plans = evaluate.list_plans()
+    plans = list_plans()
     if plans:
         pick = st.selectbox("Plan", plans, key="results_plan")
-        folder = evaluate.plan_dir(pick)
+        folder = plan_dir(pick)
         table = scoring.results_table(folder)
         if table.empty:
             st.info("No answers yet.")

@@ -2,15 +2,19 @@
 
 The export runs as a job (`python -m core.export`); this page only launches it and rereads its folder.
 """
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
-from core import jobs, lineage
+from core import lineage
 from core.errors import IrisError
-from core.export import QUANTS, ExportConfig, launch, list_exports, plan, report
+from core.export.config import QUANTS, ExportConfig
+from core.export.gguf import launch, list_exports, plan, report
+from core.export.preflight import gb
 from core.paths import exports_dir, runs_dir
-from core.preflight import gb
-from core.sources import list_checkpoints
+from core.runs import list_checkpoints
+from ui.progress import job_panel
 
 st.title("Export")
 st.caption("Merge a LoRA into its base, convert with llama.cpp, quantize, and check the GGUF against the source.")
@@ -71,25 +75,9 @@ if st.button("Export", type="primary", disabled=not chosen.fits):
         st.error(str(err))
 
 
-@st.fragment(run_every=2)
-def progress() -> None:
-    folder = st.session_state.get("export_dir")
-    if not folder:
-        return
-    status = jobs.read_status(folder)
-    state = status.get("state", "unknown")
-    st.subheader(f"Export {folder.rsplit('/', 1)[-1]}: {state}")
-    total = status.get("total") or 1
-    st.progress(min(1.0, (status.get("step") or 0) / total), text=status.get("message") or "")
-    if status.get("error"):
-        st.error(status["error"])
-    if state in jobs.ACTIVE and st.button("Stop export"):
-        jobs.kill(folder)
-    with st.expander("Log"):
-        st.code(jobs.tail(f"{folder}/{jobs.LOG}", 4000) or "(empty)")
-
-
-progress()
+if st.session_state.get("export_dir"):
+    st.subheader(f"Export {Path(st.session_state['export_dir']).name}")
+    job_panel(st.session_state["export_dir"], unit="steps", graceful_stop=False, stop_label="Stop export")
 
 st.subheader("Exports")
 exports = list_exports()

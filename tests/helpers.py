@@ -16,7 +16,8 @@ def make_tiny_llama(out: Path, tokenizer: str = "llama-3", hidden: int = 64, lay
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from core import models, tokenizers
+    from core import models
+    from core.data import tokenizers
 
     tok_dir = tokenizers.llama3_dir() if tokenizer == "llama-3" else models.materialise_embedded()
     tok = AutoTokenizer.from_pretrained(tok_dir)

@@ -1,4 +1,4 @@
-"""core.augment + core.generate: exact mixture sizes, reproducibility, origins, cross-source dedup,
+"""core.data.augment + core.data.generate: exact mixture sizes, reproducibility, origins, cross-source dedup,
 generated rows through real chat templates, bad inputs that write nothing, and the example recipe."""
 import json
 import random
@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import augment, tokenizers, versions
-from core.augment import AugmentRecipe, SourceSpec
+from core import versions
+from core.data import augment, tokenizers
+from core.data.augment import AugmentRecipe, SourceSpec
+from core.data.generate import GeneratorSpec, generate
 from core.errors import IrisError
-from core.generate import GeneratorSpec, generate
 from core.paths import REPO_ROOT, datasets_dir
 
 VOCAB = [f"{a}{b}" for a in "bcdfghklmnprstvz" for b in ("ax", "el", "io", "ump", "orn", "ite", "ash", "oo")]
@@ -79,7 +80,7 @@ def test_same_recipe_and_seed_reproduce_the_same_content_hash():
                                             GeneratorSpec("gsm_symbolic", 8)]),
                      total_rows=25, seed=11, eval_fraction=0.2)
     first = augment.main(recipe, "m1")
-    again = augment.main(augment.parse_recipe((first / "recipe.yaml").read_text()), "m2")
+    augment.main(augment.parse_recipe((first / "recipe.yaml").read_text()), "m2")
     m1, m2 = versions.load_manifest("m1"), versions.load_manifest("m2")
     assert m1["content_hash"] == m2["content_hash"] and m1["kind"] == "augment"
     assert m1["parent"]["versions"] == ["a"] and m1["parent"]["generated"][0]["seed"] == 3
@@ -183,7 +184,7 @@ def test_cli_runs_a_recipe_and_rejects_bad_ratios(tmp_path, iris_home):
     good = tmp_path / "r.yaml"
     good.write_text("sources:\n- {name: a, kind: version, version: a, rows: 5}\n"
                     "- {name: code, kind: generated, seed: 2, generators: [{name: human_eval, count: 3}]}\n")
-    out = subprocess.run([sys.executable, "-m", "core.augment", str(good), "--name", "mix"], cwd=REPO_ROOT,
+    out = subprocess.run([sys.executable, "-m", "core.data", "augment", str(good), "--name", "mix"], cwd=REPO_ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "(8 train / 0 eval rows)" in out.stdout
@@ -191,7 +192,7 @@ def test_cli_runs_a_recipe_and_rejects_bad_ratios(tmp_path, iris_home):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources:\n- {name: a, kind: version, version: a, share: 0.5}\n"
                    "- {name: b, kind: version, version: a, share: 0.6}\n")
-    out = subprocess.run([sys.executable, "-m", "core.augment", str(bad), "--name", "mix2"], cwd=REPO_ROOT,
+    out = subprocess.run([sys.executable, "-m", "core.data", "augment", str(bad), "--name", "mix2"], cwd=REPO_ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.strip() == ("error: the shares add up to 1.1, not 1: a 0.5, b 0.6.")
     assert not versions.exists("mix2")

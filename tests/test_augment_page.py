@@ -2,8 +2,9 @@
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
-from core import augment, versions
-from core.generate import GeneratorSpec
+from core import versions
+from core.data import augment
+from core.data.generate import GeneratorSpec
 
 PAGE = "../pages/augment.py"
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core import chat, inference
-from core.engines import fit_history
+from core import inference
+from core.chat import compare, transcripts
 from core.errors import IrisError
+from core.inference.engine import fit_history
 from core.paths import exports_dir, runs_dir
 
 GREEDY = inference.DecodingSettings(temperature=0.0, max_new_tokens=8)
@@ -68,7 +69,7 @@ def test_hf_template_comes_from_the_tokenizer_and_streams(tiny_llama3_dir):
     from transformers import AutoTokenizer
 
     engine = inference.load_engine(str(tiny_llama3_dir))
-    msgs = chat.compare_messages("Be brief.", "Hello there")
+    msgs = compare.compare_messages("Be brief.", "Hello there")
     expected = AutoTokenizer.from_pretrained(tiny_llama3_dir).apply_chat_template(msgs, tokenize=False,
                                                                                   add_generation_prompt=True)
     assert engine.render(msgs) == expected
@@ -103,7 +104,7 @@ def test_history_trimmed_to_context_with_note(tiny_llama3_dir):
 
 def test_stop_flag_ends_the_answer(tiny_llama3_dir):
     engine = inference.load_engine(str(tiny_llama3_dir))
-    s = engine.stream(chat.compare_messages("", "Go"), inference.DecodingSettings(temperature=0.0, max_new_tokens=50))
+    s = engine.stream(compare.compare_messages("", "Go"), inference.DecodingSettings(temperature=0.0, max_new_tokens=50))
     for _ in s:
         s.stop()
     assert s.stats.finish_reason == "stopped" and s.stats.completion_tokens < 50
@@ -145,19 +146,19 @@ def test_registry_lists_exports_merged_folders_and_run_adapters(tiny_llama3_dir)
     assert models["run:r1@checkpoint-2"].path == str(ckpt)
     r = models["run:r1"]
     assert r.kind == "adapter" and r.lineage["dataset"] == "sample-v1" and r.base == str(tiny_llama3_dir)
-    answer = inference.load_engine("run:r1").generate(chat.compare_messages("", "Hi"), GREEDY)
+    answer = inference.load_engine("run:r1").generate(compare.compare_messages("", "Hi"), GREEDY)
     assert answer.stats.completion_tokens >= 1
     # a transcript of a chat with the adapter carries its lineage
-    tid = chat.save_chat("run:r1", "sys", GREEDY, [{"role": "user", "content": "Hi"},
+    tid = transcripts.save_chat("run:r1", "sys", GREEDY, [{"role": "user", "content": "Hi"},
                                                    {"role": "assistant", "content": answer.text,
                                                     "stats": answer.stats.to_dict()}])
-    t = chat.load_transcript(tid)
+    t = transcripts.load_transcript(tid)
     assert t["model"]["lineage"] == {"run": "r1", "dataset": "sample-v1", "base_model": str(tiny_llama3_dir),
                                      "quant": "fp32"}
     assert t["settings"]["temperature"] == 0.0 and t["messages"][1]["content"] == answer.text
-    assert [x["id"] for x in chat.list_transcripts()] == [tid]
+    assert [x["id"] for x in transcripts.list_transcripts()] == [tid]
     with pytest.raises(IrisError, match="no readable transcript"):
-        chat.load_transcript("nope")
+        transcripts.load_transcript("nope")
     with pytest.raises(IrisError, match="no model"):
         inference.load_engine("run:gone")
 
@@ -185,42 +186,42 @@ def test_compare_grid_pairing_and_blind_vote(tiny_llama3_dir, other_tiny):
     other = other_tiny
     a, b = inference.DecodingSettings(temperature=0.0, max_new_tokens=5), \
         inference.DecodingSettings(temperature=1.0, top_p=0.9, max_new_tokens=5, seed=3)
-    cells = chat.compare_grid([str(tiny_llama3_dir), other], {"A": a, "B": b})
+    cells = compare.compare_grid([str(tiny_llama3_dir), other], {"A": a, "B": b})
     assert [(c.model_id, c.setting) for c in cells] == [(str(tiny_llama3_dir), "A"), (str(tiny_llama3_dir), "B"),
                                                         (other, "A"), (other, "B")]
     with pytest.raises(IrisError):
-        chat.compare_grid([], {"A": a})
+        compare.compare_grid([], {"A": a})
     with pytest.raises(IrisError, match="cells"):
-        chat.compare_grid([str(i) for i in range(5)], {"A": a, "B": b, "C": a, "D": b})
-    tid = chat.run_compare("Tell me a fact", "Be brief.", cells, blind_seed=11)
-    t = chat.load_transcript(tid)
-    msgs = chat.compare_messages("Be brief.", "Tell me a fact")
+        compare.compare_grid([str(i) for i in range(5)], {"A": a, "B": b, "C": a, "D": b})
+    tid = compare.run_compare("Tell me a fact", "Be brief.", cells, blind_seed=11)
+    t = transcripts.load_transcript(tid)
+    msgs = compare.compare_messages("Be brief.", "Tell me a fact")
     for cell, saved in zip(cells, t["cells"]):  # each answer is that (model, setting) pair's own answer
         assert saved["model"]["id"] == cell.model_id and saved["setting"] == cell.setting
         assert saved["answer"] == inference.load_engine(cell.model_id).generate(msgs, cell.settings).text
     order = t["blind"]["order"]
-    assert order == chat.blind_order(4, 11) and sorted(order) == [0, 1, 2, 3]
-    voted = chat.record_vote(tid, 2)
-    reread = chat.load_transcript(tid)["blind"]
+    assert order == compare.blind_order(4, 11) and sorted(order) == [0, 1, 2, 3]
+    voted = transcripts.record_vote(tid, 2)
+    reread = transcripts.load_transcript(tid)["blind"]
     assert reread == voted["blind"] and reread["choice"] == 2 and reread["preferred_cell"] == order[2]
     assert reread["preferred"] == {"model": cells[order[2]].model_id, "setting": cells[order[2]].setting}
     with pytest.raises(IrisError):
-        chat.record_vote(tid, 9)
-    plain = chat.run_compare("Hi", "", cells[:1])
+        transcripts.record_vote(tid, 9)
+    plain = compare.run_compare("Hi", "", cells[:1])
     with pytest.raises(IrisError, match="blind"):
-        chat.record_vote(plain, 0)
+        transcripts.record_vote(plain, 0)
 
 
 def test_threads_on_one_engine_do_not_mix_answers(tiny_llama3_dir):
     engine = inference.load_engine(str(tiny_llama3_dir))
     prompts = ["Alpha", "Bravo beta", "Charlie gamma delta"]
     settings = inference.DecodingSettings(temperature=0.0, max_new_tokens=10)
-    expected = {p: engine.generate(chat.compare_messages("", p), settings).text for p in prompts}
+    expected = {p: engine.generate(compare.compare_messages("", p), settings).text for p in prompts}
     got: dict[int, tuple[str, str]] = {}
 
     def work(i):
         p = prompts[i % 3]
-        got[i] = (p, inference.load_engine(str(tiny_llama3_dir)).generate(chat.compare_messages("", p), settings).text)
+        got[i] = (p, inference.load_engine(str(tiny_llama3_dir)).generate(compare.compare_messages("", p), settings).text)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
     for th in threads:

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from core import chat, inference, models
+from core import inference, models
+from core.chat import compare, transcripts
 from core.errors import IrisError
 from core.paths import REPO_ROOT, exports_dir, transcripts_dir
 
@@ -42,7 +43,7 @@ def test_template_is_the_one_stored_in_the_gguf(engine):
 
 
 def test_streams_pieces_and_stats(engine):
-    s = engine.stream(chat.compare_messages(chat.DEFAULT_SYSTEM, QUESTION), GREEDY)
+    s = engine.stream(compare.compare_messages(transcripts.DEFAULT_SYSTEM, QUESTION), GREEDY)
     pieces = list(s)
     assert len(pieces) > 1 and "".join(pieces) == s.text and "Paris" in s.text
     st = s.stats
@@ -53,7 +54,7 @@ def test_streams_pieces_and_stats(engine):
 
 def test_follow_up_reuses_kv_cache_and_matches_cold_answer(engine):
     engine.reset_cache()
-    msgs = chat.compare_messages(chat.DEFAULT_SYSTEM, QUESTION)
+    msgs = compare.compare_messages(transcripts.DEFAULT_SYSTEM, QUESTION)
     first = engine.generate(msgs, GREEDY)
     assert first.stats.cached_tokens == 0
     msgs += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And of Germany?"}]
@@ -66,7 +67,7 @@ def test_follow_up_reuses_kv_cache_and_matches_cold_answer(engine):
 
 
 def test_stop_flag(engine):
-    s = engine.stream(chat.compare_messages("", "Write a long story about a dragon."),
+    s = engine.stream(compare.compare_messages("", "Write a long story about a dragon."),
                       inference.DecodingSettings(temperature=0.0, max_new_tokens=100))
     for i, _ in enumerate(s):
         if i == 2:
@@ -79,14 +80,14 @@ def test_concurrent_threads_keep_their_own_answers(engine):
     # differently, and greedy can flip on a near tie), so each thread checks its own fact instead.
     prompts = {QUESTION: "Paris", "What is the capital of Japan? Answer in one word.": "Tokyo",
                "What is the capital of Italy? Answer in one word.": "Rome"}
-    assert all(want in engine.generate(chat.compare_messages("", p), GREEDY).text for p, want in prompts.items())
+    assert all(want in engine.generate(compare.compare_messages("", p), GREEDY).text for p, want in prompts.items())
     got: dict[int, tuple[str, str]] = {}
     errors: list[BaseException] = []
 
     def work(i):
         try:
             p = list(prompts)[i % 3]
-            got[i] = (p, engine.generate(chat.compare_messages("", p), GREEDY).text)
+            got[i] = (p, engine.generate(compare.compare_messages("", p), GREEDY).text)
         except BaseException as err:  # surfaced below
             errors.append(err)
 
@@ -128,7 +129,7 @@ def test_model_deleted_while_loaded(tmp_path):
     engine = cache.load(model_id)
     (exports_dir() / "e1" / "smol-q4_1.gguf").unlink()
     with pytest.raises(IrisError, match="deleted"):
-        engine.stream(chat.compare_messages("", QUESTION), GREEDY)
+        engine.stream(compare.compare_messages("", QUESTION), GREEDY)
     with pytest.raises(IrisError, match="no model"):
         cache.load(model_id)
 

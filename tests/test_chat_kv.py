@@ -8,7 +8,6 @@ text would not give back. Tokens actually evaluated are read from llama.cpp's ow
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ SYSTEM = {"role": "system", "content": "Be brief."}
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from core.convert import convert_hf
+    from core.export.convert import convert_hf
     from tests.helpers import make_tiny_llama
 
     folder = tmp_path_factory.mktemp("kv")

@@ -6,9 +6,10 @@ import sys
 import pandas as pd
 import pytest
 
-from core import data, versions
+from core import versions
+from core.data import store
+from core.data.filters import DataRecipe, Step
 from core.errors import IrisError
-from core.filters import DataRecipe, Step
 from core.paths import REPO_ROOT, datasets_dir
 
 
@@ -87,15 +88,15 @@ def test_upload_over_limit_and_hub_offline(iris_home, tmp_path, monkeypatch):
 def test_save_is_atomic_and_immutable(iris_home, tmp_path, monkeypatch):
     rows = pd.DataFrame([chat("q", "a")])
     path = write_jsonl(tmp_path / "ok.jsonl", [chat("q", "a")])
-    data.import_source(str(path), "v1")
+    store.import_source(str(path), "v1")
     with pytest.raises(IrisError, match="already exists"):
-        data.import_source(str(path), "v1")
+        store.import_source(str(path), "v1")
 
     def boom(*a, **k):
         raise OSError("disk full")
     monkeypatch.setattr(pd.DataFrame, "to_parquet", boom)
     with pytest.raises(OSError):
-        data.import_source(str(path), "v2")
+        store.import_source(str(path), "v2")
     assert not versions.exists("v2")
     assert sorted(p.name for p in datasets_dir().iterdir()) == ["v1"]  # no half-written or temporary folder left
     assert versions.to_records(versions.load("v1")) == versions.to_records(rows)

@@ -1,9 +1,9 @@
-"""core.dedup: exact dedup on normalised text, near-dup clusters on planted 5%-word-changed copies."""
+"""core.data.dedup: exact dedup on normalised text, near-dup clusters on planted 5%-word-changed copies."""
 import random
 
 import numpy as np
 
-from core import dedup
+from core.data import dedup
 
 
 def _corpus(n=300, words=200, seed=0):

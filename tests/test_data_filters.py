@@ -1,11 +1,10 @@
 """Recipe steps on rows built to be kept or dropped, the recipe's YAML round-trip, cached measurements."""
-import numpy as np
 import pandas as pd
 import pytest
 
-from core import filters, measure
+from core.data import filters, measure
+from core.data.filters import DataRecipe, Step, apply_recipe
 from core.errors import IrisError
-from core.filters import DataRecipe, Step, apply_recipe
 
 ANSWER = ("To add fractions, first find a common denominator, because only parts of the same size can be added. "
           "Then add the numerators and simplify the result. For example 1/2 + 1/3 = 3/6 + 2/6 = 5/6.")
@@ -45,7 +44,7 @@ def test_length_in_llama3_tokens_with_chat_template():
     r = run(rows, Step("length", params={"min_content_tokens": 8, "max_tokens": 1000}))
     assert kept(r) == [True, False, False]
     m = r.measurements
-    from core import tokenizers
+    from core.data import tokenizers
     tok = tokenizers.load("llama-3")
     assert m["tokens"].iat[0] == len(tok.apply_chat_template(rows[0], tokenize=True, return_dict=True)["input_ids"])
     assert r.reasons[1] == f"length: {m['content_tokens'].iat[1]} content tokens < 8"

@@ -1,10 +1,10 @@
-"""core.formats: each normaliser on exact 3-row inputs, and every bad input with its message."""
+"""core.data.formats: each normaliser on exact 3-row inputs, and every bad input with its message."""
 import json
 
 import pandas as pd
 import pytest
 
-from core import formats
+from core.data import formats
 from core.errors import IrisError
 
 U, A, S = "user", "assistant", "system"

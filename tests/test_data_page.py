@@ -38,7 +38,7 @@ def test_load_filter_save(iris_home):
 def test_upload_limit_and_atomic_store(iris_home, monkeypatch):
     import pytest
 
-    from core import data_view
+    from core.data import view as data_view
     from core.errors import IrisError
     from core.paths import uploads_dir
 

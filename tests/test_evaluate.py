@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from core import evaluate, questions, scoring
+from core import paths
 from core.errors import IrisError
-from core.evaluate import Cell, EvalPlan
+from core.evaluate import questions, scoring
+from core.evaluate.answers import read_answers
+from core.evaluate.plan import ANSWERS, Cell, EvalPlan, decoding, expand, plan_dir, resolve_models
 
 
 def test_lab_question_set_ships_and_is_valid():
@@ -48,12 +50,12 @@ def test_plan_yaml_round_trip_and_expansion():
     plan = EvalPlan(name="p", models=["smollm2-135m-instruct"], settings=["A", "B", "greedy"],
                     custom_settings={"greedy": {"temperature": 0.0}}, max_new_tokens=8, seed=3)
     assert from_yaml(EvalPlan, to_yaml(plan)) == plan
-    cells, qset = evaluate.expand(plan)
+    cells, qset = expand(plan)
     assert len(cells) == 1 * 3 * 5 and len({c.key for c in cells}) == 15
     assert cells[0] == Cell("smollm2-135m-instruct", "A", "q1-operator")
-    greedy = evaluate.decoding(plan, "greedy")
+    greedy = decoding(plan, "greedy")
     assert (greedy.temperature, greedy.max_new_tokens, greedy.seed) == (0.0, 8, 3)
-    b = evaluate.decoding(plan, "B")
+    b = decoding(plan, "B")
     assert (b.temperature, b.top_p, b.max_new_tokens) == (0.7, 0.9, 8)
 
 
@@ -68,7 +70,7 @@ def test_plan_yaml_round_trip_and_expansion():
 ])
 def test_bad_plans_give_one_clear_message(kwargs, needle):
     with pytest.raises(IrisError, match=needle):
-        evaluate.expand(EvalPlan(name="bad", **kwargs))
+        expand(EvalPlan(name="bad", **kwargs))
 
 
 @pytest.mark.parametrize("kwargs, needle", [
@@ -89,11 +91,11 @@ def test_cli_reports_a_gone_model(tmp_path):
     path = tmp_path / "plan.yaml"
     path.write_text("name: gone\nmodels: [run:deleted-run]\n")
     proc = subprocess.run([sys.executable, "-m", "core.evaluate", str(path)], capture_output=True, text=True,
-                          cwd=evaluate.__file__.rsplit("/core/", 1)[0])
+                          cwd=paths.REPO_ROOT)
     assert proc.returncode == 2 and "run:deleted-run no longer exist" in proc.stderr
     from core import jobs
 
-    assert jobs.read_status(evaluate.plan_dir("gone"))["state"] == "failed"
+    assert jobs.read_status(plan_dir("gone"))["state"] == "failed"
 
 
 def fake_answers(folder, models=("m-small", "m-big"), settings=("A",)):
@@ -102,7 +104,7 @@ def fake_answers(folder, models=("m-small", "m-big"), settings=("A",)):
         for setting in settings:
             for q in questions.load_set("boolean_logic").questions:
                 cell = Cell(model, setting, q.id)
-                evaluate.append_jsonl(folder / evaluate.ANSWERS, {
+                paths.append_jsonl(folder / ANSWERS, {
                     "answer_id": cell.answer_id, "key": cell.key, "plan": folder.name, "model": model,
                     "model_label": model.upper(), "model_kind": "gguf", "model_path": f"/x/{model}.gguf",
                     "file_bytes": 2**20 * (100 if model == "m-small" else 300), "lineage": {"run": model},
@@ -112,9 +114,9 @@ def fake_answers(folder, models=("m-small", "m-big"), settings=("A",)):
 
 
 def test_blind_order_is_shuffled_but_scores_map_back():
-    folder = evaluate.plan_dir("blind")
+    folder = plan_dir("blind")
     fake_answers(folder, models=[f"model-{i}" for i in range(6)])
-    answers = evaluate.read_answers(folder)
+    answers = read_answers(folder)
     orders = {tuple(a["model"] for a in scoring.blind_queue(answers, "q1-operator", seed)) for seed in range(20)}
     assert len(orders) > 10  # different sessions see different orders
     q1 = scoring.blind_queue(answers, "q1-operator", 7)
@@ -142,9 +144,9 @@ def test_blind_order_is_shuffled_but_scores_map_back():
     ({"correctness": 3, "clarity": 3, "examples": 3}, "pedagogy"),
 ])
 def test_bad_scores_are_refused(scores, needle):
-    folder = evaluate.plan_dir("bad-scores")
+    folder = plan_dir("bad-scores")
     fake_answers(folder, models=["m"])
-    aid = evaluate.read_answers(folder)[0]["answer_id"]
+    aid = read_answers(folder)[0]["answer_id"]
     with pytest.raises(IrisError, match=needle):
         scoring.save_score(folder, aid, scores)
     with pytest.raises(IrisError, match="not in"):
@@ -155,9 +157,9 @@ def test_bad_scores_are_refused(scores, needle):
 def test_results_table_csv_and_charts():
     import pandas as pd
 
-    folder = evaluate.plan_dir("res")
+    folder = plan_dir("res")
     fake_answers(folder, settings=("A", "B"))
-    for ans in evaluate.read_answers(folder):
+    for ans in read_answers(folder):
         points = 4 if ans["model"] == "m-big" else 3
         scoring.save_score(folder, ans["answer_id"], {c: points for c in scoring.CRITERIA}, notes="ok, but")
     table = scoring.results_table(folder).set_index(["model", "setting"])
@@ -178,20 +180,20 @@ def test_results_table_csv_and_charts():
 
 def test_csv_export_without_answers_is_a_clear_error():
     with pytest.raises(IrisError, match="no answers"):
-        scoring.export_csv(evaluate.plan_dir("empty"))
+        scoring.export_csv(plan_dir("empty"))
 
 
 def test_jsonl_append_survives_a_torn_tail():
-    folder = evaluate.plan_dir("torn")
-    evaluate.append_jsonl(folder / "x.jsonl", {"a": 1})
+    folder = plan_dir("torn")
+    paths.append_jsonl(folder / "x.jsonl", {"a": 1})
     with open(folder / "x.jsonl", "a") as f:
         f.write('{"a": 2, "b"')  # a writer killed mid-line
-    evaluate.append_jsonl(folder / "x.jsonl", {"a": 3})
-    assert evaluate.read_jsonl(folder / "x.jsonl") == [{"a": 1}, {"a": 3}]
+    paths.append_jsonl(folder / "x.jsonl", {"a": 3})
+    assert paths.read_jsonl(folder / "x.jsonl") == [{"a": 1}, {"a": 3}]
 
 
 def test_judge_reply_parsing():
-    from core.judge import parse_grades
+    from core.evaluate.judge import parse_grades
 
     assert parse_grades("Correctness: 4\nclarity: 5\n**Examples**: 2\npedagogy - 3") == \
         {"correctness": 4, "clarity": 5, "examples": 2, "pedagogy": 3}
@@ -203,7 +205,8 @@ def test_heldout_perplexity_matches_direct_computation(tiny_llama3_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core import inference, perplexity, versions
+    from core import versions
+    from core.evaluate import perplexity
 
     convs = [[{"role": "user", "content": "Is 5 between 3 and 10?"}, {"role": "assistant", "content": "Yes: 5 > 3 and 5 < 10."}],
              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "NOT true?"},
@@ -228,17 +231,18 @@ def test_heldout_perplexity_matches_direct_computation(tiny_llama3_dir):
     assert got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
     # Through a plan: written once to metrics.jsonl, not recomputed on resume.
     plan = EvalPlan(name="ppl", models=[str(tiny_llama3_dir)], heldout_dataset="heldout", heldout_rows=2)
-    available = evaluate.resolve_models(plan)
+    available = resolve_models(plan)
     assert available[str(tiny_llama3_dir)].kind == "hf"
-    first = perplexity.evaluate_models(evaluate.plan_dir("ppl"), plan, available)
-    assert len(first) == 1 and first[0]["rows"] == 2 and perplexity.evaluate_models(evaluate.plan_dir("ppl"), plan, available) == []
-    assert perplexity.read_metrics(evaluate.plan_dir("ppl"))[0]["perplexity"] == pytest.approx(first[0]["perplexity"])
+    first = perplexity.evaluate_models(plan_dir("ppl"), plan, available)
+    assert len(first) == 1 and first[0]["rows"] == 2 and perplexity.evaluate_models(plan_dir("ppl"), plan, available) == []
+    assert perplexity.read_metrics(plan_dir("ppl"))[0]["perplexity"] == pytest.approx(first[0]["perplexity"])
 
 
 def test_heldout_needs_an_eval_split():
     import pandas as pd
 
-    from core import perplexity, versions
+    from core import versions
+    from core.evaluate import perplexity
 
     versions.save("noeval", pd.DataFrame({"messages": [[{"role": "user", "content": "hi"}]]}))
     with pytest.raises(IrisError, match="no eval split"):

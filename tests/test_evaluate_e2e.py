@@ -11,8 +11,10 @@ import subprocess
 
 import pytest
 
-from core import evaluate, jobs, questions, scoring
-from core.evaluate import EvalPlan
+from core import jobs
+from core.evaluate import questions, scoring
+from core.evaluate.answers import read_answers
+from core.evaluate.plan import EvalPlan, save_plan
 from core.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -32,7 +34,7 @@ def test_lab_set_embedded_vs_cpu_quick_finetune(home_with_model, tmp_path):
     import pandas as pd
 
     from core.config import save_yaml
-    from core.train_config import load_preset
+    from core.train.config import load_preset
 
     _teaching_version("boolean-teach")
     cfg = load_preset("cpu_quick_smollm2")
@@ -46,12 +48,12 @@ def test_lab_set_embedded_vs_cpu_quick_finetune(home_with_model, tmp_path):
 
     plan = EvalPlan(name="lab-e2e", models=["smollm2-135m-instruct", "run:bq"], settings=["A"], max_new_tokens=8,
                     heldout_dataset="boolean-teach", heldout_rows=5)
-    path = evaluate.save_plan(plan)
+    path = save_plan(plan)
     jobs.launch(path.parent, jobs.python_module_argv("core.evaluate", str(path)))
     status = jobs.wait(path.parent, timeout_s=900)
     assert status["state"] == "completed", jobs.tail(path.parent / jobs.LOG)
 
-    answers = evaluate.read_answers(path.parent)
+    answers = read_answers(path.parent)
     assert len(answers) == 10
     tuned = [a for a in answers if a["model"] == "run:bq"]
     assert {a["model_kind"] for a in tuned} == {"adapter"} and tuned[0]["lineage"]["dataset"] == "boolean-teach"

@@ -6,24 +6,25 @@ from collections import Counter
 
 import pytest
 
-from core import evaluate, jobs
-from core.evaluate import EvalPlan
+from core import jobs, paths
+from core.evaluate.answers import read_answers
+from core.evaluate.plan import ANSWERS, EvalPlan, plan_dir, save_plan
 
 pytestmark = pytest.mark.slow  # compiled llama-cpp-python, a subprocess generating ~100 tokens
 
 
 def test_killed_job_resumes_without_regenerating():
     plan = EvalPlan(name="resume", models=["smollm2-135m-instruct"], settings=["A", "B"], max_new_tokens=6)
-    path = evaluate.save_plan(plan)
+    path = save_plan(plan)
     folder = path.parent
     jobs.launch(folder, jobs.python_module_argv("core.evaluate", str(path)))
     deadline = time.time() + 300
-    while not evaluate.read_jsonl(folder / evaluate.ANSWERS):
+    while not paths.read_jsonl(folder / ANSWERS):
         assert time.time() < deadline, jobs.tail(folder / jobs.LOG)
         assert jobs.read_status(folder).get("state") not in ("failed", "died"), jobs.tail(folder / jobs.LOG)
         time.sleep(0.05)
     jobs.kill(folder)
-    first = evaluate.read_jsonl(folder / evaluate.ANSWERS)
+    first = paths.read_jsonl(folder / ANSWERS)
     assert 1 <= len(first) < 10, "the job should have been killed part way"
     assert jobs.read_status(folder)["state"] == "stopped"
 
@@ -31,7 +32,7 @@ def test_killed_job_resumes_without_regenerating():
     status = jobs.wait(folder, timeout_s=600)
     assert status["state"] == "completed", jobs.tail(folder / jobs.LOG)
     assert (status["step"], status["total"]) == (10, 10)
-    lines = evaluate.read_jsonl(folder / evaluate.ANSWERS)
+    lines = paths.read_jsonl(folder / ANSWERS)
     assert len(lines) == 10 and set(Counter(r["key"] for r in lines).values()) == {1}
     assert lines[: len(first)] == first  # the answers from before the kill were kept, not redone
     assert f"{len(first)} of 10 answers already there" in jobs.tail(folder / jobs.LOG)
@@ -41,17 +42,18 @@ def test_killed_job_resumes_without_regenerating():
     assert rec["settings"]["temperature"] == 0.7 and rec["settings"]["max_new_tokens"] == 6
 
     # A changed setting regenerates only the cells it affects.
-    evaluate.save_plan(EvalPlan(name="resume", models=plan.models, settings=["A", "B"], max_new_tokens=6,
+    save_plan(EvalPlan(name="resume", models=plan.models, settings=["A", "B"], max_new_tokens=6,
                                 custom_settings={"B": {"temperature": 0.5}}))
     jobs.launch(folder, jobs.python_module_argv("core.evaluate", str(path)))
     assert jobs.wait(folder, timeout_s=600)["state"] == "completed"
-    assert len(evaluate.read_jsonl(folder / evaluate.ANSWERS)) == 15
-    assert {r["settings"]["temperature"] for r in evaluate.read_answers(folder) if r["setting"] == "B"} == {0.5}
+    assert len(paths.read_jsonl(folder / ANSWERS)) == 15
+    assert {r["settings"]["temperature"] for r in read_answers(folder) if r["setting"] == "B"} == {0.5}
 
 
 def test_gguf_perplexity_agrees_with_transformers_on_the_same_weights(home_with_model):
     """The embedded GGUF (Q4_1) and its dequantised fp32 transformers copy hold the same weight values."""
-    from core import models, perplexity
+    from core import models
+    from core.evaluate import perplexity
 
     convs = [[{"role": "user", "content": "What does NOT do?"},
               {"role": "assistant", "content": "NOT flips a Boolean: NOT true is false, NOT false is true."}],
@@ -67,13 +69,13 @@ def test_gguf_perplexity_agrees_with_transformers_on_the_same_weights(home_with_
 
 
 def test_automatic_judge_grades_against_the_reference_and_is_labelled():
-    from core import judge, questions, scoring
+    from core.evaluate import judge, questions, scoring
     from tests.test_evaluate import fake_answers
 
-    folder = evaluate.plan_dir("judged")
+    folder = plan_dir("judged")
     fake_answers(folder, models=["m"])
-    lines = evaluate.read_jsonl(folder / evaluate.ANSWERS)
-    (folder / evaluate.ANSWERS).write_text(__import__("json").dumps(lines[3]) + "\n")  # q4 only: one generation
+    lines = paths.read_jsonl(folder / ANSWERS)
+    (folder / ANSWERS).write_text(__import__("json").dumps(lines[3]) + "\n")  # q4 only: one generation
     plan = EvalPlan(name="judged", models=["m"], judge_model="smollm2-135m-instruct")
     [rec] = judge.score_plan(folder, plan, questions.load_set("boolean_logic"))
     assert rec["answer_id"] == lines[3]["answer_id"] and rec["rater"] == "auto:smollm2-135m-instruct"

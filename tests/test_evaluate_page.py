@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from core import evaluate, scoring
-from core.evaluate import EvalPlan
+from core.evaluate import scoring
+from core.evaluate.answers import read_answers
+from core.evaluate.plan import EvalPlan, list_plans, plan_dir, save_plan
 from tests.test_evaluate import fake_answers
 
 PAGE = "../pages/evaluate.py"
@@ -31,7 +32,7 @@ def test_page_edits_question_sets_and_refuses_bad_ones():
     editor.set_value(original.replace("What is a Boolean operator?", "What is a logical operator?"))
     _button(at, "Save question set").click().run()
     assert any("Saved 5 questions" in s.value for s in at.success)
-    from core import questions
+    from core.evaluate import questions
 
     assert questions.load_set("boolean_logic").questions[0].question.endswith("What is a logical operator?")
 
@@ -42,12 +43,12 @@ def test_plan_with_zero_models_is_one_clear_error():
     _button(at, "Save and run").click().run()
     assert not at.exception
     assert any("zero cells" in e.value for e in at.error)
-    assert evaluate.list_plans() == []
+    assert list_plans() == []
 
 
 def test_blind_scoring_saves_scores_for_the_answer_shown_and_results_render():
-    evaluate.save_plan(EvalPlan(name="lab", models=["m-small", "m-big"]))
-    fake_answers(evaluate.plan_dir("lab"))
+    save_plan(EvalPlan(name="lab", models=["m-small", "m-big"]))
+    fake_answers(plan_dir("lab"))
     at = _app().run()
     assert not at.exception
     shown = next(i.body for i in at.info if i.body.startswith("answer by "))
@@ -58,8 +59,8 @@ def test_blind_scoring_saves_scores_for_the_answer_shown_and_results_render():
     next(t for t in at.text_area if t.label == "Notes").set_value("clear, one example missing")
     _button(at, "Save score").click().run()
     assert not at.exception
-    [score] = scoring.latest_scores(evaluate.plan_dir("lab"))
-    answer = next(a for a in evaluate.read_answers(evaluate.plan_dir("lab")) if a["answer_id"] == score["answer_id"])
+    [score] = scoring.latest_scores(plan_dir("lab"))
+    answer = next(a for a in read_answers(plan_dir("lab")) if a["answer_id"] == score["answer_id"])
     assert answer["text"] == shown and answer["question_id"] == "q1-operator"
     assert (score["total"], score["rater"], score["notes"]) == (14, "ana", "clear, one example missing")
     # The next answer shown is another model's answer to the same question.

@@ -8,8 +8,9 @@ import pytest
 
 from core.config import from_yaml, to_yaml
 from core.errors import IrisError
-from core.export import ExportConfig, main, plan
-from core.merge import merge_lora
+from core.export.config import ExportConfig
+from core.export.gguf import main, plan
+from core.export.merge import merge_lora
 from core.paths import exports_dir, runs_dir
 from tests.export_helpers import make_run, save_adapter
 
@@ -140,11 +141,10 @@ def test_bad_sources_give_one_sentence(tiny_llama3_dir, monkeypatch):
 
 
 def test_llama_cpp_scripts_run_unmodified_with_the_heap_trimmed(tmp_path):
-    """`python -m core.convert SCRIPT ARGS` behaves as `python SCRIPT ARGS` (plus the malloc_trim thread)."""
+    """`python -m core.export.convert SCRIPT ARGS` behaves as `python SCRIPT ARGS` (plus the malloc_trim thread)."""
     import subprocess
-    import sys
 
-    from core.convert import script_argv
+    from core.export.convert import script_argv
     from core.paths import REPO_ROOT
 
     (tmp_path / "helper_mod.py").write_text("VALUE = 'beside the script'\n")

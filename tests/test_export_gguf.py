@@ -8,7 +8,8 @@ import pytest
 
 from core import jobs
 from core.errors import IrisError
-from core.export import ExportConfig, launch, main
+from core.export.config import ExportConfig
+from core.export.gguf import launch, main
 from core.paths import exports_dir, read_json, runs_dir
 from tests.export_helpers import make_run
 
@@ -33,7 +34,7 @@ def _chat(gguf: Path, lora: Path | None = None) -> str:
 
 
 def test_run_checkpoint_exports_as_a_job_to_q8_0_and_q4_k_m(llama3_256):
-    from core.convert import gguf_metadata
+    from core.export.convert import gguf_metadata
 
     make_run(runs_dir(), "tiny", str(llama3_256), llama3_256, checkpoints=(2,), final=True, dataset="chat-v3")
     folder = launch(ExportConfig(source="tiny", checkpoint=2, quants=["q8_0", "q4_k_m"]))
@@ -73,7 +74,7 @@ def test_embedded_smollm2_run_exports_q8_0_that_agrees(home_with_model):
     assert report["quants"]["q8_0"]["top1_agreement"] >= 0.9, report
     gguf = folder / "smol-q8_0.gguf"
     assert (folder / "merged" / "model.safetensors").exists()
-    from core.convert import gguf_metadata
+    from core.export.convert import gguf_metadata
 
     meta = gguf_metadata(gguf)
     assert "<|im_start|>" in meta["tokenizer.chat_template"]
@@ -119,7 +120,7 @@ def test_failed_conversion_leaves_no_gguf_and_says_why(llama3_256, tmp_path):
 
 
 def test_quantize_failure_removes_its_temporary(tmp_path):
-    from core.convert import quantize
+    from core.export.convert import quantize
 
     bogus = tmp_path / "bogus.gguf"
     bogus.write_bytes(b"GGUF" + b"\0" * 64)

@@ -137,7 +137,8 @@ def test_llama_cpp_override_must_be_a_checkout(monkeypatch, tmp_path):
 
 
 def test_llama3_tokenizer_passes_llama_cpp_vectors():
-    from core import llamacpp, tokenizers
+    from core import llamacpp
+    from core.data import tokenizers
 
     tok = tokenizers.load("llama-3")
     vocab = llamacpp.tools().vocab("llama-bpe")

@@ -4,11 +4,10 @@ import subprocess
 import sys
 from collections import Counter
 
-import numpy as np
 import pytest
 
-from core import dedup
-from core.formats import SAMPLE_PATH, conversation_text, load_source, role_order_problem
+from core.data import dedup
+from core.data.formats import SAMPLE_PATH, conversation_text, load_source, role_order_problem
 from core.paths import REPO_ROOT
 
 
@@ -46,7 +45,7 @@ def test_planted_noise(rows):
     canon = load_source("sample")["messages"]
     broken = [role_order_problem(m) or ("" if m[-1]["role"] == "assistant" else "ends on user") for m in canon]
     assert sum(bool(b) for b in broken) >= 25
-    from core.measure import repetition_ratio
+    from core.data.measure import repetition_ratio
     answers = [" ".join(t["value"] for t in r["conversations"] if t["from"] == "gpt") for r in rows]
     assert (repetition_ratio(answers) > 0.5).sum() >= 30
 

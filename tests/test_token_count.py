@@ -1,12 +1,12 @@
-"""core.token_count: the vectorised Llama-3 pre-tokenizer equals the real one; counts equal the tokenizer's."""
+"""core.data.token_count: the vectorised Llama-3 pre-tokenizer equals the real one; counts equal the tokenizer's."""
 import json
 import random
 
 import numpy as np
 import pytest
 
-from core import token_count, tokenizers
-from core.formats import SAMPLE_PATH
+from core.data import token_count, tokenizers
+from core.data.formats import SAMPLE_PATH
 
 # characters that exercise every branch of the split: cases, contractions (incl. the long s that (?i)
 # folds onto "s"), digits (ASCII and not), spaces, tabs, newlines, Unicode spaces, punctuation, CJK, emoji
@@ -20,7 +20,7 @@ def llama3():
 
 
 def _pieces(texts):
-    """Pieces per text from core.token_count's split (texts joined by sentinels, as the counter does)."""
+    """Pieces per text from core.data.token_count's split (texts joined by sentinels, as the counter does)."""
     joined = "\0".join(texts)
     u = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).copy()
     seps = np.cumsum(np.array([len(t) for t in texts]) + 1)[:-1] - 1
@@ -94,10 +94,10 @@ def test_llama3_split_detection():
 
 
 def test_background_subprocess_counts_equal_in_process(llama3, monkeypatch):
-    """Big datasets count tokens in a `python -m core.token_count` subprocess: same numbers as in-process."""
+    """Big datasets count tokens in a `python -m core.data.token_count` subprocess: same numbers as in-process."""
     import pandas as pd
 
-    from core import measure
+    from core.data import measure
 
     rows = [json.loads(line) for line in SAMPLE_PATH.read_text(encoding="utf-8").splitlines()]
     df = pd.DataFrame({"messages": [[{"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]),

@@ -10,9 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import jobs, train, versions
+from core import jobs, runs, versions
 from core.errors import IrisError
-from core.train_config import TrainConfig, list_presets, load_preset
+from core.train import lora
+from core.train.__main__ import cli as train_cli
+from core.train.config import TrainConfig, list_presets, load_preset
 
 
 def toy_version(name: str = "toy", rows: int = 24, eval_rows: int = 4) -> str:
@@ -62,29 +64,29 @@ def test_bad_config_values_are_refused(field, value, words):
 
 def test_preflight_refuses_what_cannot_work(tiny_llama3_dir, monkeypatch):
     with pytest.raises(IrisError, match="does not exist"):
-        train.preflight(tiny_cfg(tiny_llama3_dir, dataset="gone"))
+        lora.preflight(tiny_cfg(tiny_llama3_dir, dataset="gone"))
     toy_version()
     with pytest.raises(IrisError, match="beyond"):  # the tiny model has 2048 positions
-        train.preflight(tiny_cfg(tiny_llama3_dir, max_seq_length=4096))
+        lora.preflight(tiny_cfg(tiny_llama3_dir, max_seq_length=4096))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(IrisError, match="not available offline"):
-        train.preflight(tiny_cfg(tiny_llama3_dir, base_model="nobody/no-such-model-xyz"))
-    monkeypatch.setattr(train, "free_disk_bytes", lambda path: 1000)
+        lora.preflight(tiny_cfg(tiny_llama3_dir, base_model="nobody/no-such-model-xyz"))
+    monkeypatch.setattr(lora, "free_disk_bytes", lambda path: 1000)
     with pytest.raises(IrisError, match="free"):
-        train.preflight(tiny_cfg(tiny_llama3_dir))
+        lora.preflight(tiny_cfg(tiny_llama3_dir))
     with pytest.raises(IrisError, match="CUDA"):  # no GPU on the CI machine
-        train.preflight(tiny_cfg(tiny_llama3_dir, optimizer="adamw_8bit"))
+        lora.preflight(tiny_cfg(tiny_llama3_dir, optimizer="adamw_8bit"))
 
 
 def test_cli_with_a_bad_config_writes_nothing(tmp_path, iris_home, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("base_model: m\ndataset: missing\nbatch_size: 2\nlearning_rat: 1\n")
     with pytest.raises(SystemExit) as exit_:
-        train.cli([str(cfg)])
+        train_cli([str(cfg)])
     assert exit_.value.code == 2 and "learning_rat" in capsys.readouterr().err
     cfg.write_text("base_model: m\ndataset: missing\nrun_name: r1\n")
     with pytest.raises(SystemExit):
-        train.cli([str(cfg)])
+        train_cli([str(cfg)])
     assert "does not exist" in capsys.readouterr().err
     assert list((iris_home / "runs").iterdir()) == []
 
@@ -94,21 +96,21 @@ def test_four_steps_train_the_adapter_and_not_the_base(tiny_llama3_dir):
 
     toy_version()
     base_hash = sha(tiny_llama3_dir / "model.safetensors")
-    run_dir = train.main(tiny_cfg(tiny_llama3_dir))
+    run_dir = lora.main(tiny_cfg(tiny_llama3_dir))
 
-    assert train.list_checkpoints(run_dir) == [2, 4]
+    assert runs.list_checkpoints(run_dir) == [2, 4]
     assert jobs.read_status(run_dir)["state"] == "completed" and jobs.read_status(run_dir)["step"] == 4
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "status.json", "metrics.jsonl", "checkpoints",
                                                   "adapter"}
-    assert train.load_config(run_dir) == tiny_cfg(tiny_llama3_dir)
-    metrics = train.read_metrics(run_dir)
+    assert lora.load_config(run_dir) == tiny_cfg(tiny_llama3_dir)
+    metrics = runs.read_metrics(run_dir)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
     assert [m["step"] for m in metrics if "eval_loss" in m] == [2, 4]
     assert all(m["tokens_per_s"] > 0 and m["lr"] is not None and m["grad_norm"] is not None
                for m in metrics if "loss" in m)
     # LoRA B starts at zero: any non-zero B, and A moving between checkpoints, means the adapter trained.
-    final = load_file(train.adapter_dir(run_dir) / "adapter_model.safetensors")
-    early = load_file(train.adapter_dir(run_dir, 2) / "adapter_model.safetensors")
+    final = load_file(runs.adapter_dir(run_dir) / "adapter_model.safetensors")
+    early = load_file(runs.adapter_dir(run_dir, 2) / "adapter_model.safetensors")
     assert final and all("lora_" in k for k in final)  # only adapter weights are saved
     assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)
     assert any(not (final[k] == early[k]).all() for k in final)
@@ -118,13 +120,13 @@ def test_four_steps_train_the_adapter_and_not_the_base(tiny_llama3_dir):
     template = (run_dir / "adapter" / "chat_template.jinja").read_text()
     assert "<|start_header_id|>" in template and "{% generation %}" not in template  # plain Jinja for inference
     with pytest.raises(IrisError, match="no complete checkpoint-3"):
-        train.adapter_dir(run_dir, 3)
+        runs.adapter_dir(run_dir, 3)
 
 
 def test_assistant_only_loss_masks_the_prompt(tiny_llama3_dir):
     from transformers import AutoTokenizer
 
-    from core.backends import set_training_template
+    from core.train.backends import set_training_template
 
     tok = AutoTokenizer.from_pretrained(tiny_llama3_dir)
     assert set_training_template(tok, True) == "llama-3"
@@ -146,35 +148,35 @@ def wait_for(pred, timeout: float = 240, what: str = "") -> None:
 
 def test_kill_9_then_resume_continues_to_the_end(tiny_llama3_dir):
     toy_version(rows=40)
-    run_dir = train.start(tiny_cfg(tiny_llama3_dir, max_steps=8, save_steps=2, eval_steps=0, run_name="killed"))
-    wait_for(lambda: len(train.list_checkpoints(run_dir)) >= 1 and (jobs.read_status(run_dir).get("step") or 0) >= 3
+    run_dir = lora.start(tiny_cfg(tiny_llama3_dir, max_steps=8, save_steps=2, eval_steps=0, run_name="killed"))
+    wait_for(lambda: len(runs.list_checkpoints(run_dir)) >= 1 and (jobs.read_status(run_dir).get("step") or 0) >= 3
              or jobs.read_status(run_dir).get("state") in jobs.FINAL, what="step 3")
     jobs.kill(run_dir)  # SIGKILL to the job's process group
     status = jobs.read_status(run_dir)
     assert status["state"] == "stopped" and status["step"] < 8, status
-    last = train.list_checkpoints(run_dir)[-1]
+    last = runs.list_checkpoints(run_dir)[-1]
     # A checkpoint torn by a kill during save: no COMPLETE marker, so never taken as the latest.
     torn = run_dir / "checkpoints" / "checkpoint-7"
     torn.mkdir()
     (torn / "adapter_model.safetensors").write_bytes(b"partial")
-    assert train.list_checkpoints(run_dir)[-1] == last
+    assert runs.list_checkpoints(run_dir)[-1] == last
 
-    train.resume(run_dir)
+    lora.resume(run_dir)
     status = jobs.wait(run_dir, timeout_s=300)
     assert status["state"] == "completed", jobs.tail(run_dir / "train.log")
     state = json.loads((run_dir / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8 and status["resumed_from"] == f"checkpoint-{last}"
-    assert [m["step"] for m in train.read_metrics(run_dir) if "loss" in m] == list(range(1, 9))
-    assert train.list_checkpoints(run_dir)[-1] == 8 and (run_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert [m["step"] for m in runs.read_metrics(run_dir) if "loss" in m] == list(range(1, 9))
+    assert runs.list_checkpoints(run_dir)[-1] == 8 and (run_dir / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_resume_from_a_mirror_on_a_fresh_workspace(tiny_llama3_dir, tmp_path):
     toy_version()
     mirror = tmp_path / "drive"
-    run_dir = train.main(tiny_cfg(tiny_llama3_dir, max_steps=2, save_steps=1, eval_steps=0,
+    run_dir = lora.main(tiny_cfg(tiny_llama3_dir, max_steps=2, save_steps=1, eval_steps=0,
                                   mirror_dir=str(mirror), run_name="mirrored"))
     assert sorted(p.name for p in (mirror / "mirrored" / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
     shutil.rmtree(run_dir)  # the machine died with its disk
-    train.resume_run(mirror / "mirrored", checkpoint=1)
-    assert jobs.read_status(run_dir)["state"] == "completed" and train.list_checkpoints(run_dir) == [1, 2]
-    assert [m["step"] for m in train.read_metrics(run_dir) if "loss" in m] == [1, 2]
+    lora.resume_run(mirror / "mirrored", checkpoint=1)
+    assert jobs.read_status(run_dir)["state"] == "completed" and runs.list_checkpoints(run_dir) == [1, 2]
+    assert [m["step"] for m in runs.read_metrics(run_dir) if "loss" in m] == [1, 2]

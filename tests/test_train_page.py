@@ -3,12 +3,11 @@ And the CPU-quick preset on the bundled FineTome sample, launched from the page,
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs, train
+from core import jobs, runs
 from core.paths import models_dir
 from tests.test_train import toy_version, wait_for
 
@@ -41,14 +40,14 @@ def test_launch_watch_and_stop_from_the_page(tiny_llama3_dir):
     assert any("Estimate:" in c.value for c in at.caption) and not at.error
     button(at, "Launch").click().run()
     assert "Launched **from-page**" in at.success[0].value
-    run_dir = train.run_path("from-page")
+    run_dir = runs.run_path("from-page")
     wait_for(lambda: (jobs.read_status(run_dir).get("step") or 0) >= 2, what="step 2")
     at.run()
     assert "running: step" in progress_text(at) and "/40" in progress_text(at)
     at.button(key="stop").click().run()
     status = jobs.wait(run_dir, timeout_s=180)
     assert status["state"] == "stopped" and status["step"] < 40
-    assert train.list_checkpoints(run_dir) == [status["step"]]  # the stop saved one
+    assert runs.list_checkpoints(run_dir) == [status["step"]]  # the stop saved one
     at.run()
     assert progress_text(at).startswith("stopped") and at.selectbox(key="ckpt").value == status["step"]
     assert len(at.get("plotly_chart")) >= 1 and not at.exception
@@ -56,7 +55,7 @@ def test_launch_watch_and_stop_from_the_page(tiny_llama3_dir):
 
 @pytest.mark.slow
 def test_cpu_quick_preset_on_the_bundled_sample_completes(home_with_model):
-    from core.data import import_source
+    from core.data.store import import_source
 
     import_source("sample", "finetome-sample", eval_fraction=0.02, seed=0)
     at = AppTest.from_file(PAGE, default_timeout=120).run()
@@ -65,11 +64,11 @@ def test_cpu_quick_preset_on_the_bundled_sample_completes(home_with_model):
     at.number_input(key=f"{QUICK}-0-steps").set_value(10).run()
     button(at, "Launch").click().run()
     assert at.success and not at.error
-    run_dir = train.run_path(train.list_runs()[0]["run"])
+    run_dir = runs.run_path(runs.list_runs()[0]["run"])
     status = jobs.wait(run_dir, timeout_s=1100)
     assert status["state"] == "completed" and status["step"] == 10, jobs.tail(run_dir / "train.log")
-    losses = [m["loss"] for m in train.read_metrics(run_dir) if "loss" in m]
-    assert len(losses) == 10 and [m["step"] for m in train.read_metrics(run_dir) if "eval_loss" in m] == [10]
-    assert (train.adapter_dir(run_dir) / "adapter_model.safetensors").exists()
+    losses = [m["loss"] for m in runs.read_metrics(run_dir) if "loss" in m]
+    assert len(losses) == 10 and [m["step"] for m in runs.read_metrics(run_dir) if "eval_loss" in m] == [10]
+    assert (runs.adapter_dir(run_dir) / "adapter_model.safetensors").exists()
     at.run()
     assert progress_text(at).startswith("completed")

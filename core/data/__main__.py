@@ -1,0 +1,71 @@
+"""Import and filter dataset versions from the command line (the Data page calls the same functions).
+
+Run as:
+    python -m core.data import SOURCE --name NAME [--split train] [--revision REV] [--keep-broken-roles]
+                                                  [--eval-fraction 0.05] [--seed 0]
+        SOURCE = "sample" (the bundled FineTome-shaped sample), a .parquet/.jsonl/.json/.csv file,
+        or a hub dataset id such as mlabonne/FineTome-100k
+    python -m core.data filter VERSION --recipe data/recipes/default.yaml --name NAME [--eval-fraction F]
+    python -m core.data augment RECIPE.yaml --name NAME      (an AugmentRecipe: mix versions and generators)
+
+Each writes one immutable version under IRIS_HOME/datasets/NAME (core.versions: train.parquet,
+eval.parquet, recipe.yaml, manifest.json with parent, per-step counts and content hash), print its
+path, and exit 2 with one sentence on a user error (nothing is written then).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core import versions
+from core.data.filters import DataRecipe
+from core.data.store import filter_version, import_source
+from core.errors import IrisError, cli_exit
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m core.data", description="Import and filter dataset versions.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="load a source and save it as a version")
+    imp.add_argument("source", help="'sample', a .parquet/.jsonl/.json/.csv path, or a hub dataset id")
+    imp.add_argument("--name", required=True, help="name of the new version")
+    imp.add_argument("--split", default="train", help="hub split to load")
+    imp.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    imp.add_argument("--keep-broken-roles", action="store_true",
+                     help="keep rows whose roles do not alternate (the recipe's role_order step drops them)")
+    imp.add_argument("--eval-fraction", type=float, default=0.0, help="share held out as the eval split")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the train/eval split")
+    flt = sub.add_parser("filter", help="apply a recipe to a version and save the result")
+    flt.add_argument("version", help="the version to filter")
+    flt.add_argument("--recipe", required=True, type=Path, help="recipe YAML (see data/recipes/default.yaml)")
+    flt.add_argument("--name", required=True, help="name of the new version")
+    flt.add_argument("--eval-fraction", type=float, default=None, help="overrides the recipe's eval_fraction")
+    aug = sub.add_parser("augment", help="mix versions, files and generated data into a new version")
+    aug.add_argument("recipe", type=Path, help="AugmentRecipe YAML (see data/recipes/sample_plus_math.yaml)")
+    aug.add_argument("--name", required=True, help="name of the new version")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> Path:
+    if args.command == "import":
+        return import_source(args.source, args.name, split=args.split, revision=args.revision,
+                             keep_broken_roles=args.keep_broken_roles, eval_fraction=args.eval_fraction,
+                             seed=args.seed)
+    if args.command == "augment":
+        from core.data import augment
+
+        return augment.main(augment.load_recipe_file(args.recipe), args.name)
+    return filter_version(args.version, DataRecipe.load(args.recipe), args.name, args.eval_fraction)
+
+
+if __name__ == "__main__":
+    try:
+        args = parse_args()
+        folder = main(args)
+        if args.command == "augment":
+            rows = versions.load_manifest(args.name)["rows"]
+            print(f"saved {folder} ({rows['train']} train / {rows['eval']} eval rows)")
+        else:
+            print(folder)
+    except IrisError as err:
+        cli_exit(err)

@@ -1,0 +1,97 @@
+"""What the Data page shows, computed without Streamlit: table pages, search, plots, the recipe form.
+
+    page_table(df, rows)                   preview rows (first question, turns, source, score) for a page
+    search(texts_lower, query) -> rows     case-insensitive full-text search, vectorised over all rows
+    stats_figures(df, measurements, near)  plotly figures: tokens, turns, sources, scores, languages, dups
+    funnel_figure(funnel)                  kept rows after each recipe step
+    save_upload(name, data) -> Path        an uploaded file under IRIS_HOME/uploads, size-checked, atomic
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core.data.formats import conversation_text, max_upload_bytes
+from core.errors import IrisError
+
+PAGE_SIZE = 50
+def lowered_texts(df) -> "pandas.Series":  # noqa: F821
+    import pandas as pd
+
+    return pd.Series([conversation_text(m).lower() for m in df["messages"]], dtype=object)
+
+
+def search(texts_lower, query: str) -> np.ndarray:
+    """Row numbers whose text contains `query` (case-insensitive, literal)."""
+    if not query.strip():
+        return np.arange(len(texts_lower))
+    return np.flatnonzero(texts_lower.str.contains(query.strip().lower(), regex=False).to_numpy())
+
+
+def page_table(df, rows: np.ndarray, reasons=None):
+    """One page of rows as a small table: row number, first question, turns and the scalar columns."""
+    import pandas as pd
+
+    sub = df.iloc[rows]
+    out = pd.DataFrame({"row": rows,
+                        "first question": [next((m["content"][:140] for m in msgs if m["role"] == "user"), "")
+                                           for msgs in sub["messages"]],
+                        "turns": [len(m) for m in sub["messages"]]})
+    if reasons is not None:
+        out.insert(1, "reason", reasons[rows])
+    for col in sub.columns:
+        if col != "messages" and sub[col].dtype != object or col in ("source", "origin"):
+            out[col] = sub[col].to_numpy()
+    return out
+
+
+def stats_figures(df, m, near_clusters: np.ndarray | None = None) -> dict:
+    import plotly.express as px
+
+    figs = {}
+    if "tokens" in m:
+        figs["Tokens per conversation (chat template)"] = px.histogram(m, x="tokens", nbins=80, log_y=True)
+    figs["Turns per conversation"] = px.histogram(m, x="n_turns", nbins=min(40, int(m["n_turns"].max()) + 1))
+    if "source" in df.columns:
+        counts = df["source"].astype(str).value_counts().head(30)
+        figs["Sources"] = px.bar(x=counts.values, y=counts.index, orientation="h", labels={"x": "rows", "y": ""})
+    if "score" in df.columns:
+        figs["Score"] = px.histogram(df, x="score", nbins=50)
+    langs = m["lang"].replace("", "(none)").value_counts().head(20)
+    figs["Languages"] = px.bar(x=langs.index, y=langs.values, labels={"x": "language", "y": "rows"})
+    if near_clusters is not None:
+        sizes = np.bincount(near_clusters)
+        sizes = sizes[sizes > 1]
+        figs[f"Duplicate clusters ({len(sizes)} clusters, {int(sizes.sum() - len(sizes))} extra rows)"] = \
+            px.histogram(x=sizes, labels={"x": "rows in cluster"}, nbins=30)
+    for fig in figs.values():
+        fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10))
+    return figs
+
+
+def funnel_figure(funnel: list[dict], total: int):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Funnel(y=["loaded"] + [f["step"] for f in funnel], x=[total] + [f["after"] for f in funnel],
+                              textinfo="value+percent initial"))
+    fig.update_layout(height=60 + 40 * (len(funnel) + 1), margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def save_upload(name: str, data: bytes) -> Path:
+    """Store an uploaded file (refusing one over the limit) and return its path."""
+    import os
+    import tempfile
+
+    from core.paths import check_name, uploads_dir
+
+    if len(data) > max_upload_bytes():
+        raise IrisError(f"{name} is {len(data) / 2**20:.1f} MB, over the {max_upload_bytes() / 2**20:.0f} MB upload "
+                        "limit (IRIS_MAX_UPLOAD_MB): load it from the hub or split it.")
+    path = uploads_dir() / check_name(Path(name).name.replace(" ", "_"), "file name")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:  # temp + rename: a half-written upload never looks complete
+        f.write(data)
+    os.replace(tmp, path)
+    return path

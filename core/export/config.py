@@ -1,0 +1,79 @@
+"""What an export makes: `ExportConfig` (one dataclass, YAML round-trip) and the one table of quant types."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.errors import IrisError
+from core.paths import check_name
+
+
+@dataclass(frozen=True)
+class Quant:
+    name: str
+    ftype: str
+    """the llama_cpp constant `llama_model_quantize` takes"""
+    bytes_per_param: float
+    """GGUF bytes per parameter (K-quants keep the tied embedding / output in q6_K)"""
+    seconds_per_b: float
+    """quantize seconds per billion parameters on 2 cores (bench/export.py); threads scale it"""
+    help: str
+
+
+QUANT_TABLE: dict[str, Quant] = {q.name: q for q in (
+    Quant("q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 0.62, 31.0, "smallest and fastest on CPU; a little drift"),
+    Quant("q5_k_m", "LLAMA_FTYPE_MOSTLY_Q5_K_M", 0.72, 31.0, "a bit larger than q4_k_m, closer to f16"),
+    Quant("q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0", 1.07, 7.5, "near-lossless, twice q4_k_m's size"),
+    Quant("f16", "LLAMA_FTYPE_MOSTLY_F16", 2.0, 0.5, "the converter's output itself: the reference"),
+)}
+QUANTS = tuple(QUANT_TABLE)
+MODES = ("merged", "lora")
+
+
+@dataclass
+class ExportConfig:
+    source: str
+    """A run (name under IRIS_HOME/runs or its folder) or any transformers model folder."""
+    checkpoint: int | None = None
+    """Export this checkpoint of the run instead of its final adapter."""
+    quants: list[str] = field(default_factory=lambda: ["q4_k_m"])
+    """Any of q4_k_m, q5_k_m, q8_0, f16; the f16 GGUF is converted once and quantized to each."""
+    name: str = ""
+    """Folder under IRIS_HOME/exports; empty → the run name (+ `-ckpt<N>`) or the model folder's name."""
+    mode: str = "merged"
+    """'merged': one GGUF per quant with the LoRA merged in; 'lora': base GGUFs + a LoRA GGUF applied at load."""
+    merge_dtype: str = "f16"
+    """16-bit type of the merged safetensors: f16 (the converter keeps it as is) or bf16 (wider range)."""
+    verify: bool = True
+    """Compare each GGUF with the merged model on the fixed prompts (needs the model in fp32 in RAM)."""
+    keep_merged: bool = False
+    """Keep the merged 16-bit safetensors as `merged/` in the export (usable by transformers)."""
+    threads: int = 0
+    """Quantize / verify threads; 0 → every core."""
+    ram_budget_gb: float | None = None
+    """RAM the export may use; empty → what is free now."""
+    disk_budget_gb: float | None = None
+    """Disk the export may use; empty → what is free now."""
+    push_repo: str = ""
+    """Hub repo (user/name) to upload the GGUFs to; needs a token in HF_TOKEN (never logged)."""
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not str(self.source).strip():
+            raise IrisError("choose a run or a model folder to export.")
+        self.quants = [q.lower() for q in (self.quants if isinstance(self.quants, list) else [self.quants])]
+        unknown = [q for q in self.quants if q not in QUANTS]
+        if unknown or not self.quants:
+            raise IrisError(f"unknown quant type {unknown[0] if unknown else '(none)'!r}: choose from {', '.join(QUANTS)}.")
+        self.quants = list(dict.fromkeys(self.quants))
+        if self.mode not in MODES:
+            raise IrisError(f"mode {self.mode!r} is not one of {', '.join(MODES)}.")
+        if self.merge_dtype not in ("f16", "bf16"):
+            raise IrisError(f"merge_dtype {self.merge_dtype!r} is not f16 or bf16.")
+        if self.name:
+            check_name(self.name, "export name")
+        if self.checkpoint is not None and (not isinstance(self.checkpoint, int) or self.checkpoint < 0):
+            raise IrisError(f"checkpoint must be a step number, got {self.checkpoint!r}.")
+        for budget in ("ram_budget_gb", "disk_budget_gb"):
+            value = getattr(self, budget)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise IrisError(f"{budget} must be a positive number of GB, got {value!r}.")

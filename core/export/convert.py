@@ -1,0 +1,217 @@
+"""llama.cpp's own tools, driven from Python: HF folder → f16 GGUF, LoRA → GGUF, GGUF → quantized GGUF.
+
+The converters are llama.cpp's scripts (`core.llamacpp.tools()`), run as subprocesses with this
+venv's python; they import the gguf-py that sits beside them. Quantization is llama.cpp's C
+`llama_model_quantize` through llama-cpp-python, with a cap on the rows it keeps in memory
+(`max_buf_size`), so even a 128k-vocab embedding is quantized in slabs instead of as one 1 GB f32 copy.
+
+The scripts run unmodified through `python -m core.export.convert SCRIPT ARGS` (see `run_script`), which only
+adds allocator housekeeping: it hands the heap the tokenizer freed back to the OS before the tensors
+are written, which is where the converter peaks.
+
+Every output is written under a hidden temporary name and renamed only when complete.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core.errors import IrisError
+
+QUANT_BUF_BYTES = 64 * 1024**2  # rows of one tensor kept in memory while quantizing
+TRIM_EVERY_S = 0.5  # how often a running llama.cpp script's free heap pages are returned to the OS
+
+
+def tmp_name(final: Path) -> Path:
+    """Hidden and not ending in .gguf, so nothing lists a partial file as a model."""
+    return final.with_name(f".{final.name}.tmp")
+
+
+def run_merge(base_dir: Path, adapter_dir: Path, out: Path, dtype: str = "f16") -> dict:
+    """`python -m core.export.merge` in its own process (its torch memory is gone before the converter starts)."""
+    import json
+
+    lines = _run_tool([sys.executable, "-m", "core.export.merge", str(base_dir), str(adapter_dir), str(out), "--dtype", dtype],
+                      "merging the LoRA")
+    return json.loads(lines[-1])
+
+
+def _run_tool(argv: list[str], what: str) -> list[str]:
+    """Run a llama.cpp script, echoing its output into our log; one IrisError sentence on failure."""
+    from core.llamacpp import tools
+    from core.paths import REPO_ROOT
+
+    path = [str(tools().gguf_py), str(REPO_ROOT), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    env.pop("HF_TOKEN", None)  # the converter needs no token; keep it out of its environment and log
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    tail: list[str] = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        tail = (tail + [line.rstrip()])[-20:]
+    sys.stdout.flush()
+    if proc.wait() != 0:
+        text = "\n".join(tail)
+        last = tail[-1] if tail else ""
+        if last.startswith("error: "):  # an IrisError from our own CLI (python -m core.export.merge)
+            raise IrisError(last.removeprefix("error: "))
+        if "pre-tokenizer was not recognized" in text:
+            raise IrisError(f"{what}: llama.cpp does not recognise this model's tokenizer (BPE pre-tokenizer); "
+                            "export a model whose tokenizer llama.cpp knows (Llama-3, SmolLM2, ...).")
+        if "not supported" in text.lower():
+            raise IrisError(f"{what}: llama.cpp cannot convert this architecture ({_last_error(tail)}).")
+        raise IrisError(f"{what} failed ({_last_error(tail)}); the full output is in the job log.")
+    return tail
+
+
+def _last_error(tail: list[str]) -> str:
+    for line in reversed(tail):
+        if "Error" in line or "error" in line:
+            return line.strip()[-300:]
+    return (tail[-1] if tail else "no output")[-300:]
+
+
+def script_argv(*args) -> list[str]:
+    """The command that runs llama.cpp's script (the first argument after an optional `--after MARKER`)
+    with the rest as its arguments, through `run_script` (this venv's python)."""
+    return [sys.executable, "-m", "core.export.convert", *map(str, args)]
+
+
+def run_script(argv: list[str]) -> None:
+    """Run as: python -m core.export.convert SCRIPT [ARGS...]
+
+    Runs llama.cpp's SCRIPT exactly as `python SCRIPT ARGS` would (its own `__main__`, `sys.argv` and
+    script folder first on `sys.path`), with one addition: a daemon thread that calls glibc's
+    `malloc_trim(0)` every TRIM_EVERY_S seconds.
+
+    Why: convert_hf_to_gguf.py loads the model's tokenizer through transformers before it writes any
+    tensor. For Llama-3's 128k vocab that is ~0.25 GB of small C allocations (tokenizers' maps, Python
+    objects over 512 bytes); once freed they sit between live allocations, so glibc keeps them and RSS
+    still counts them while the 0.5 GB embedding is memory-mapped for writing: that sum is the whole
+    export's peak. `malloc_trim(0)` returns every free page inside the heap to the OS (madvise), which
+    glibc never does by itself. Measured on the Llama-3.2-1B config: converter peak 1.33 → 1.07 GB,
+    byte-identical GGUF, same wall time.
+    """
+    import ctypes
+    import runpy
+    import threading
+    import time
+
+    if argv[:1] == ["--after"]:
+        marker, argv = Path(argv[1]), argv[2:]
+        _warm_up_and_wait(marker)
+    if not argv:
+        raise SystemExit("usage: python -m core.export.convert [--after MARKER] SCRIPT [ARGS...]")
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only; elsewhere the script runs as is
+    except (OSError, TypeError):
+        trim = None
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(TRIM_EVERY_S)
+            trim(0)
+
+    if trim is not None:
+        threading.Thread(target=trim_forever, name="malloc_trim", daemon=True).start()
+    script = str(Path(argv[0]).resolve())
+    sys.argv = [script, *argv[1:]]
+    sys.path[0] = str(Path(script).parent)  # what `python SCRIPT` puts first (llama.cpp's `conversion` package)
+    runpy.run_path(script, run_name="__main__")
+
+
+def _warm_up_and_wait(marker: Path) -> None:
+    """Import what the converter imports first (torch, transformers: ≈ 10 s on 2 cores), then wait for
+    `marker` (its input is complete) or `marker`.failed (it will never be: exit quietly). While it
+    waits it holds ≈ 0.45 GB beside the merge's ≈ 0.5 GB peak: under the converter's own later peak."""
+    import time
+
+    import torch  # noqa: F401
+    from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+
+    failed = marker.with_name(marker.name + ".failed")
+    while not marker.exists():
+        if failed.exists():
+            raise SystemExit(3)
+        time.sleep(0.1)
+
+
+def convert_hf(model_dir: Path, out: Path, outtype: str = "f16", after: Path | None = None) -> Path:
+    """`convert_hf_to_gguf.py model_dir --outtype f16` into `out` (atomic).
+
+    `after`: start now, but convert only once the file `after` exists (the merge writing `model_dir`
+    creates it when done): the converter's imports then overlap the merge. If `after`.failed appears
+    instead, the converter exits and this raises."""
+    from core.llamacpp import tools
+
+    tmp = tmp_name(out)
+    tmp.unlink(missing_ok=True)
+    wait = ["--after", str(after)] if after else []
+    try:
+        _run_tool(script_argv(*wait, tools().convert_hf, model_dir, "--outfile", tmp, "--outtype", outtype),
+                  "converting to GGUF")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def convert_lora(adapter_dir: Path, base_dir: Path, out: Path, outtype: str = "f16") -> Path:
+    """`convert_lora_to_gguf.py --base base_dir adapter_dir` into `out` (atomic)."""
+    from core.llamacpp import tools
+
+    tmp = tmp_name(out)
+    tmp.unlink(missing_ok=True)
+    try:
+        _run_tool(script_argv(tools().convert_lora, "--base", base_dir, "--outfile", tmp, "--outtype", outtype,
+                              adapter_dir), "converting the LoRA adapter to GGUF")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def quantize(src: Path, out: Path, quant: str, threads: int = 0) -> Path:
+    """`llama_model_quantize(src → out)` to q4_k_m / q5_k_m / q8_0 / f16 (atomic)."""
+    import llama_cpp
+
+    from core.export.config import QUANT_TABLE
+
+    if quant not in QUANT_TABLE:
+        raise IrisError(f"unknown quant type {quant!r}: choose from {', '.join(QUANT_TABLE)}.")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TABLE[quant].ftype)
+    params.nthread = threads or (os.cpu_count() or 1)
+    params.max_buf_size = QUANT_BUF_BYTES
+    tmp = tmp_name(out)
+    tmp.unlink(missing_ok=True)
+    try:
+        sys.stdout.flush()
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.exists():
+            raise IrisError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}); see the job log.")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def gguf_metadata(path: Path, keys: tuple[str, ...] = ("general.architecture", "general.file_type",
+                                                         "tokenizer.chat_template", "tokenizer.ggml.pre")) -> dict:
+    """A few metadata fields of a GGUF, read by llama.cpp itself with only the vocabulary loaded
+    (≈ 1 s; gguf-py's reader parses every one of a 128k vocabulary's strings first: ≈ 20 s)."""
+    import llama_cpp
+
+    try:
+        meta = llama_cpp.Llama(str(path), vocab_only=True, verbose=False).metadata
+    except Exception as err:  # llama.cpp refuses the file: say which, not a traceback
+        raise IrisError(f"{Path(path).name} is not a readable GGUF model ({err}).") from err
+    return {k: int(meta[k]) if meta[k].lstrip("-").isdigit() and k != "tokenizer.chat_template" else meta[k]
+            for k in keys if k in meta}
+
+
+if __name__ == "__main__":
+    run_script(sys.argv[1:])

@@ -1,0 +1,204 @@
+"""GGUF models through llama-cpp-python, with the chat template from the GGUF and KV-cache reuse.
+
+Follow-up turns: `Llama.generate` reuses the KV cache for the longest token prefix the new prompt
+shares with what it last evaluated. Re-tokenising the rendered history would break that prefix at
+the previous answer: the answer's generated token ids are often not what tokenising its text gives
+(a random-weight model, or any model, may spell a word in other pieces), and templates such as
+Llama-3's write `content | trim`, so an answer that began with a space reads differently. So each
+answered turn is remembered as (chat, rendered prompt, prompt tokens, answer text, answer tokens as
+generated). A new chat that continues a remembered one (same messages, then that answer) and whose
+rendered text starts with the remembered prompt and then the answer (as generated, or with the
+whitespace the template trimmed) gets the remembered prompt + answer tokens followed by the
+tokenised rest, so only the new turn is evaluated (a 700-token history becomes ~30 new tokens).
+The KV cache then holds the answer exactly as the model produced it; the only difference from a
+cold tokenisation of the rendered text is that token split and the trimmed whitespace. Anything
+else (an edited answer, a template that renders history differently) falls back to the remembered
+prompt's tokens or to plain tokenisation, which is always correct.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from core.errors import IrisError
+from core.inference.engine import MAX_CTX, Engine, Stream, _check_ram, cpu_threads
+
+if TYPE_CHECKING:
+    from core.inference.catalog import ChatModel
+    from core.inference.settings import DecodingSettings
+
+GGUF_MAGIC = b"GGUF"
+REMEMBERED_TURNS = 8  # answered turns whose exact tokens are kept (several sessions share one engine)
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse files llama.cpp would choke on before handing them to it."""
+    if not path.is_file():
+        raise IrisError(f"{path} does not exist (deleted?): pick another model.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise IrisError(f"{path.name} is not a GGUF model (the file does not start with 'GGUF'): "
+                        "re-export it, or pick another model.")
+
+
+@dataclass
+class _Turn:
+    """An answered turn, as the KV cache saw it."""
+
+    messages: list[dict]
+    """The chat as prompted (after trimming to the context)."""
+    text: str
+    """Its prompt as rendered by the template."""
+    prompt_tokens: list[int]
+    answer: str
+    """The answer's text as generated (and shown)."""
+    answer_tokens: list[int]
+    """The answer's token ids as generated (end-of-turn token excluded)."""
+
+    def continued_by(self, messages: list[dict]) -> bool:
+        """True when `messages` is this turn's chat, then this answer, then more."""
+        n = len(self.messages)
+        return messages[:n + 1] == self.messages + [{"role": "assistant", "content": self.answer}]
+
+    def written_answer(self, after: str) -> str | None:
+        """How the template wrote this answer at the start of `after` (the rendered text following this
+        turn's prompt): as generated, or with its leading/trailing whitespace trimmed; None if neither."""
+        for written in (self.answer, self.answer.strip(), self.answer.lstrip(), self.answer.rstrip()):
+            if written and after.startswith(written):
+                return written
+        return None
+
+
+class GGUFEngine(Engine):
+    def __init__(self, model: "ChatModel", n_ctx: int | None = None) -> None:
+        super().__init__(model)
+        path = Path(model.path)
+        check_gguf(path)
+        lora = Path(model.lora) if model.lora else None  # a LoRA-only export's adapter, applied at load
+        if lora is not None:
+            check_gguf(lora)
+        size = path.stat().st_size + (lora.stat().st_size if lora else 0)
+        # Weights are memory-mapped and read in full while generating; the KV cache and buffers add
+        # ~10% + 64 MiB for the models Iris makes (the exact KV size is known only after loading).
+        _check_ram(int(size * 1.1) + (64 << 20), path.name)
+        from llama_cpp import Llama, llama_chat_format
+
+        threads = cpu_threads()
+        try:
+            self.llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx or MAX_CTX,
+                             n_threads=threads, n_threads_batch=threads, verbose=False)
+        except (ValueError, RuntimeError) as err:
+            raise IrisError(f"llama.cpp could not load {path.name} ({err}): the file is truncated or not a "
+                            "valid model; re-export it or pick another model.") from None
+        md = self.llm.metadata
+        template = md.get("tokenizer.chat_template")
+        if not template:
+            raise IrisError(f"{path.name} has no chat template in its metadata (tokenizer.chat_template): "
+                            "re-export it from a model whose tokenizer has one.")
+        m = self.llm._model
+        bos, eos = self.llm.token_bos(), self.llm.token_eos()
+        self.bos_text = m.token_get_text(bos) if bos >= 0 else ""
+        self.formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=m.token_get_text(eos) if eos >= 0 else "", bos_token=self.bos_text)
+        self.n_ctx = min(self.llm.n_ctx(), m.n_ctx_train() or self.llm.n_ctx())
+        self.ram_bytes = size + self._kv_bytes(md)
+        self._turns: list[_Turn] = []  # oldest first; guarded by self.lock
+        self._out: list[int] = []
+
+    def _kv_bytes(self, md: dict) -> int:
+        """f16 K and V for every layer and context position."""
+        arch = md.get("general.architecture", "llama")
+        try:
+            layers = int(md[f"{arch}.block_count"])
+            heads = int(md[f"{arch}.attention.head_count"])
+            kv_heads = int(md.get(f"{arch}.attention.head_count_kv", heads))
+            head_dim = int(md.get(f"{arch}.attention.key_length", int(md[f"{arch}.embedding_length"]) // heads))
+        except (KeyError, ValueError, ZeroDivisionError):
+            return 0
+        return self.llm.n_ctx() * layers * kv_heads * head_dim * 2 * 2
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache and remembered turns: the next prompt is evaluated cold."""
+        with self.lock:
+            self.llm.reset()
+            self._turns.clear()
+
+    # -- prompt --
+    def render(self, messages: list[dict]) -> str:
+        return self.formatter(messages=messages).prompt
+
+    def tokenize(self, text: str) -> list[int]:
+        """Plain tokenisation of a rendered prompt."""
+        # The template usually writes BOS itself; add it only when it did not and the model wants one.
+        add_bos = not (self.bos_text and text.startswith(self.bos_text))
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def encode(self, messages: list[dict]) -> tuple[str, list[int]]:
+        """(rendered prompt, its tokens), starting with a remembered turn's exact tokens where the chat
+        continues it (see the module docstring). Call under self.lock."""
+        text = self.render(messages)
+        best: tuple[list[int], str] | None = None  # (reused tokens, text still to tokenise)
+        for turn in self._turns:
+            if not text.startswith(turn.text):
+                continue
+            after = text[len(turn.text):]
+            written = turn.written_answer(after) if turn.continued_by(messages) else None
+            if written is None:
+                reused, rest = turn.prompt_tokens, after
+            else:
+                reused, rest = turn.prompt_tokens + turn.answer_tokens, after[len(written):]
+            if best is None or len(reused) > len(best[0]):
+                best = (reused, rest)
+        if best is None:
+            return text, self.tokenize(text)
+        reused, rest = best
+        return text, reused + (self.llm.tokenize(rest.encode("utf-8"), add_bos=False, special=True) if rest else [])
+
+    def prepare(self, messages, settings):
+        with self.lock:  # encode reads the remembered turns, which sessions share
+            return super().prepare(messages, settings)
+
+    # -- generation (called under self.lock) --
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        n = 0
+        for a, b in zip(self.llm._input_ids, tokens):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(tokens) - 1)  # llama-cpp replays the last prompt token to get fresh logits
+
+    def generate_bytes(self, stream: Stream, settings: "DecodingSettings") -> Iterator[bytes]:
+        import llama_cpp
+
+        self.last_finish = ""
+        self._out = []
+        tokens = stream.tokens
+        stream.stats.cached_tokens = self._cached_prefix(tokens) if self.llm.n_tokens else 0
+        limit = min(int(settings.max_new_tokens), self.n_ctx - len(tokens))
+        self.llm.set_seed(int(settings.seed))
+        gen = self.llm.generate(tokens, top_k=int(settings.top_k), top_p=float(settings.top_p), min_p=0.0,
+                                temp=float(settings.temperature), repeat_penalty=float(settings.repeat_penalty))
+        vocab = self.llm._model.vocab
+        try:
+            for tok in gen:
+                if llama_cpp.llama_vocab_is_eog(vocab, tok):
+                    self.last_finish = "stop"
+                    return
+                self._out.append(tok)
+                yield self.llm.detokenize([tok])
+                if len(self._out) >= limit:
+                    self.last_finish = "length"
+                    return
+        finally:
+            gen.close()
+
+    def finish(self, stream: Stream) -> None:
+        # Remember this turn's exact tokens for the next prompt (see the module docstring); the turns
+        # this one continues are covered by it and go, and the least recently answered beyond
+        # REMEMBERED_TURNS go too.
+        turn = _Turn(list(stream.messages), stream.prompt_text, list(stream.tokens), stream.text, list(self._out))
+        kept = [t for t in self._turns if not t.continued_by(turn.messages)
+                and not (t.messages == turn.messages and t.answer == turn.answer)]
+        self._turns = kept[-(REMEMBERED_TURNS - 1):] + [turn]

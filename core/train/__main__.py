@@ -1,0 +1,50 @@
+"""LoRA fine-tuning runs that live in their own directory and survive stops, kills and restarts.
+
+Run as:
+    python -m core.train CONFIG.yaml                          # a new run (IRIS_HOME/runs/<run_name>/)
+    python -m core.train --resume RUN_DIR [--checkpoint N]    # continue from the latest (or step N) checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core import jobs
+from core.config import load_yaml
+from core.errors import IrisError, cli_exit
+from core.runs import CONFIG, run_path
+from core.train.config import TrainConfig
+from core.train.lora import is_main_process, main, resume_run
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m core.train", description="Iris LoRA fine-tuning")
+    parser.add_argument("config", nargs="?", help="TrainConfig YAML (a preset, or a run's config.yaml)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run (or a mirror of it)")
+    parser.add_argument("--checkpoint", type=int, metavar="N", help="resume from checkpoint-N, not the latest")
+    args = parser.parse_args(argv)
+    run_dir = None
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            out = resume_run(run_dir, args.checkpoint)
+        elif args.config:
+            cfg = load_yaml(TrainConfig, Path(args.config)).with_run_name()
+            run_dir = run_path(cfg.run_name)
+            own = Path(args.config).resolve() == (run_dir / CONFIG).resolve()  # launched by start()
+            if not own and run_dir.exists():
+                raise IrisError(f"a run named {cfg.run_name!r} already exists: resume it or choose another name.")
+            out = main(cfg, run_dir)
+        else:
+            parser.error("give a CONFIG.yaml, or --resume RUN_DIR")
+        print(f"run: {out}")
+    except BaseException as err:
+        if run_dir is not None and (run_dir / CONFIG).exists() and is_main_process():
+            jobs.mark_failed(run_dir, err)
+        if isinstance(err, IrisError):
+            cli_exit(err)
+        raise
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,191 @@
+"""The two training backends behind one interface: `load_model` then `build_trainer`.
+
+- unsloth (`FastLanguageModel` + its patched trl `SFTTrainer`) when CUDA is available, unsloth imports
+  and one process trains: faster kernels and its own offloaded gradient checkpointing;
+- transformers + peft + trl `SFTTrainer` everywhere else (CPU, several GPUs under accelerate/DDP).
+
+Both train on the canonical `messages` column (trl applies the chat template itself; pre-rendered text
+would get a second BOS) with Iris's own training-compatible chat templates, whose `{% generation %}`
+markers let trl mask everything but the assistant's replies (`assistant_only_loss`). The adapter is
+saved with the same template minus the markers, which is what inference engines can parse.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core.errors import IrisError
+from core.train.config import TrainConfig
+
+# Llama-3 turns, without the Llama-3.2 template's injected "Cutting Knowledge Date" system block.
+LLAMA3_TRAIN_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% generation %}{{- message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+    "{%- else %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+# ChatML (SmolLM2, Qwen): the end-of-turn token is part of what the model learns to produce.
+CHATML_TRAIN_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def inference_template(template: str) -> str:
+    """The training template without `{% generation %}` markers (plain Jinja, for llama.cpp and others)."""
+    return template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+
+
+def set_training_template(tokenizer, assistant_only_loss: bool) -> str:
+    """Give `tokenizer` Iris's training template for its family; returns the family name."""
+    vocab = tokenizer.get_vocab()
+    if "<|start_header_id|>" in vocab:
+        tokenizer.chat_template, family = LLAMA3_TRAIN_TEMPLATE, "llama-3"
+    elif "<|im_start|>" in vocab:
+        tokenizer.chat_template, family = CHATML_TRAIN_TEMPLATE, "chatml"
+    elif tokenizer.chat_template and "generation" in tokenizer.chat_template:
+        family = "model's own"
+    elif assistant_only_loss or not tokenizer.chat_template:
+        raise IrisError("this model's tokenizer has no chat template Iris can train with (Llama-3 or ChatML "
+                        "tokens): turn 'assistant-only loss' off or pick a Llama-3 / ChatML model.")
+    else:
+        family = "model's own"
+    if tokenizer.pad_token is None:
+        pad = "<|finetune_right_pad_id|>" if "<|finetune_right_pad_id|>" in vocab else tokenizer.eos_token
+        tokenizer.pad_token = pad
+    return family
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def choose(cfg: TrainConfig) -> str:
+    """'unsloth' or 'transformers' for this process. Imports unsloth (before trl) when it is chosen."""
+    if cfg.backend == "transformers":
+        return "transformers"
+    if not cuda_available():
+        if cfg.backend == "unsloth" or cfg.load_in_4bit:
+            raise IrisError("unsloth and 4-bit loading need a CUDA GPU, and none is visible: set backend to "
+                            "auto or transformers and turn 4-bit off.")
+        return "transformers"
+    if world_size() > 1 and cfg.backend == "auto":
+        return "transformers"  # DDP runs through accelerate + peft, which every process supports the same way
+    try:
+        import unsloth  # noqa: F401 - must be imported before trl/transformers models to patch them
+    except Exception as err:  # unsloth's import fails in many ways (missing kernels, versions)
+        if cfg.backend == "unsloth" or cfg.load_in_4bit:
+            raise IrisError(f"unsloth does not import here ({type(err).__name__}: {err}); install "
+                            "requirements-gpu.txt or set backend to transformers.") from None
+        print(f"unsloth unavailable ({type(err).__name__}); using transformers+peft+trl", flush=True)
+        return "transformers"
+    return "unsloth"
+
+
+def load_model(cfg: TrainConfig, model_dir: Path, backend: str):
+    """(model with LoRA adapters or a peft config to apply, tokenizer, peft_config or None)."""
+    import torch
+
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=str(model_dir), max_seq_length=cfg.max_seq_length, dtype=None,
+            load_in_4bit=cfg.load_in_4bit, local_files_only=True)
+        model = FastLanguageModel.get_peft_model(
+            model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules), bias="none", random_state=cfg.seed,
+            use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False)
+        return model, tokenizer, None
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = cuda_available()
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    return model, tokenizer, peft_config
+
+
+def sft_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool):
+    from trl import SFTConfig
+
+    cuda = cuda_available()
+    import torch
+
+    bf16 = bool(cuda and torch.cuda.is_bf16_supported())
+    return SFTConfig(
+        output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+        max_steps=cfg.max_steps if cfg.max_steps else -1, num_train_epochs=cfg.epochs,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,
+        eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps or None,
+        logging_steps=cfg.logging_steps, logging_first_step=True, seed=cfg.seed, data_seed=cfg.seed,
+        optim=cfg.optimizer, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler,
+        bf16=bf16, fp16=False, use_cpu=not cuda,
+        # unsloth applies its own (offloaded) checkpointing inside get_peft_model
+        gradient_checkpointing=cfg.gradient_checkpointing and backend != "unsloth",
+        max_length=cfg.max_seq_length, packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss,
+        include_num_input_tokens_seen="non_padding",  # tokens/s in metrics.jsonl, on every backend
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, save_only_model=False,
+        ddp_find_unused_parameters=False if world_size() > 1 else None,
+    )
+
+
+def trainer_class():
+    """trl's SFTTrainer, with the model's own loss where trl 1.15's fused LM head cannot run.
+
+    trl 1.15 computes every loss through a chunked LM head written in Triton (no full 128k-vocab logits:
+    a big memory saving on GPUs). Without Triton, or on CPU tensors, that kernel does not exist or
+    fails; there the plain Trainer loss (the model's cross-entropy over the same masked labels) is
+    used instead.
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
+    class IrisSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            on_cpu = self.args.device.type == "cpu"
+            if trl_utils._ChunkedLogProbFunction is not None and not on_cpu:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = {k: v for k, v in inputs.items() if k not in ("completion_mask", "assistant_masks")}
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return IrisSFTTrainer
+
+
+def build_trainer(cfg: TrainConfig, model, tokenizer, peft_config, train_ds, eval_ds, output_dir: Path,
+                  backend: str, callbacks: list):
+    if backend == "unsloth":
+        from trl import SFTTrainer  # unsloth has patched this class in place
+    else:
+        SFTTrainer = trainer_class()
+    args = sft_config(cfg, output_dir, backend, eval_ds is not None)
+    kwargs = dict(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                  processing_class=tokenizer, callbacks=callbacks)
+    if peft_config is not None:
+        kwargs["peft_config"] = peft_config
+    return SFTTrainer(**kwargs)

@@ -1,0 +1,154 @@
+"""`TrainConfig`: every setting of one LoRA run, the object the Train page, the CLI and the tests build.
+
+It is written as `config.yaml` into the run directory (so the folder describes itself) and read back
+by `python -m core.train CONFIG.yaml`. Presets are YAML files under `presets/`.
+
+Checks that need nothing but the numbers live in `__post_init__`; checks that need the disk, the model
+or the dataset (does the version exist, is the sequence length within the model's) live in
+`core.train.preflight`, because a config is also built for runs on other machines.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import load_yaml
+from core.errors import IrisError
+from core.paths import REPO_ROOT, check_name
+
+PRESETS_DIR = REPO_ROOT / "presets"
+BACKENDS = ("auto", "unsloth", "transformers")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+LAB_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    base_model: str
+    """Registry id (`smollm2-135m-instruct`), hub id (`unsloth/Llama-3.2-1B-Instruct`) or a model folder."""
+    dataset: str
+    """Dataset version name (see the Data page); rows in canonical `messages` form."""
+    run_name: str = ""
+    """Folder name under IRIS_HOME/runs; empty → `<dataset>-<yyyymmdd-hhmmss>`."""
+    use_eval_split: bool = True
+    """Evaluate on the version's eval split when it has one (every `eval_steps`)."""
+    lora_r: int = 16
+    """LoRA rank: size of the low-rank update per adapted matrix (the lab: 16); memory and time grow with it."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator: the update is multiplied by alpha / r (alpha = r keeps the scale at 1)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input during training, in [0, 1) (0 is what unsloth optimises for)."""
+    target_modules: list[str] = field(default_factory=lambda: list(LAB_TARGETS))
+    """Linear layers that get a LoRA adapter, by module name (the lab: q, k, v, o, up, down projections)."""
+    max_seq_length: int = 2048
+    """Tokens per sample; longer conversations are truncated."""
+    batch_size: int = 2
+    """Samples per device per step (micro-batch)."""
+    grad_accum: int = 4
+    """Micro-batches per optimizer step: effective batch = batch_size × grad_accum × processes."""
+    learning_rate: float = 2e-4
+    """Peak learning rate after warm-up (the lab: 2e-4; LoRA usually 1e-4 to 3e-4)."""
+    warmup_steps: int = 5
+    """Optimizer steps over which the learning rate rises linearly from 0 to its peak."""
+    max_steps: int = 100
+    """Optimizer steps; 0 → train for `epochs` instead."""
+    epochs: float = 1.0
+    """Passes over the train split, used only when max_steps is 0."""
+    save_steps: int = 10
+    """Checkpoint every N steps (the lab saved every 10 to survive a dying runtime)."""
+    eval_steps: int = 0
+    """Eval loss every N steps; 0 → no evaluation during training."""
+    logging_steps: int = 1
+    """Write loss, learning rate and speed to metrics.jsonl every N steps."""
+    seed: int = 3407
+    """Seed of data order, LoRA initialisation and dropout: the same seed gives the same run."""
+    packing: bool = False
+    """Pack several short conversations into one max_seq_length row (fewer pad tokens, faster)."""
+    assistant_only_loss: bool = True
+    """Train on the assistant's replies only (the lab's train_on_responses_only)."""
+    load_in_4bit: bool = False
+    """QLoRA: 4-bit base weights (CUDA only)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: far less memory, ~30% slower."""
+    optimizer: str = "adamw_torch"
+    """adamw_torch, adamw_8bit / paged_adamw_8bit (bitsandbytes, CUDA: the lab's) or sgd."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on the LoRA weights."""
+    lr_scheduler: str = "linear"
+    """How the learning rate falls after warm-up: linear, cosine, constant, constant_with_warmup."""
+    backend: str = "auto"
+    """'auto' → unsloth when CUDA is there and unsloth imports, else transformers+peft+trl."""
+    mirror_dir: str = ""
+    """Copy every complete checkpoint here too (e.g. a mounted drive); resume can start from it."""
+    mirror_hub_repo: str = ""
+    """Also upload every complete checkpoint to this hub repo (only when online)."""
+
+    def __post_init__(self) -> None:
+        if not str(self.base_model).strip():
+            raise IrisError("choose a base model.")
+        if not str(self.dataset).strip():
+            raise IrisError("choose a dataset version.")
+        check_name(self.dataset, "dataset version")
+        if self.run_name:
+            check_name(self.run_name, "run name")
+        positive = {"lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "max_seq_length": self.max_seq_length,
+                    "batch_size": self.batch_size, "grad_accum": self.grad_accum, "save_steps": self.save_steps,
+                    "logging_steps": self.logging_steps}
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise IrisError(f"{name} must be a whole number above 0, got {value!r}"
+                                + (" (batch size × gradient accumulation must be at least 1)."
+                                   if name in ("batch_size", "grad_accum") else "."))
+        for name in ("max_steps", "warmup_steps", "eval_steps", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise IrisError(f"{name} must be a whole number ≥ 0, got {value!r}.")
+        if self.max_seq_length < 16:
+            raise IrisError(f"max_seq_length {self.max_seq_length} is too short to hold one conversation turn.")
+        if self.max_steps == 0 and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
+            raise IrisError("set max_steps above 0, or epochs above 0 when max_steps is 0.")
+        if not 0 < float(self.learning_rate) < 1:
+            raise IrisError(f"learning_rate {self.learning_rate} is out of range (typical LoRA: 1e-4 to 3e-4).")
+        self.learning_rate = float(self.learning_rate)
+        if not 0 <= float(self.lora_dropout) < 1:
+            raise IrisError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise IrisError("target_modules must name at least one projection (e.g. q_proj, v_proj).")
+        for name, value, allowed in (("backend", self.backend, BACKENDS), ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("lr_scheduler", self.lr_scheduler, SCHEDULERS)):
+            if value not in allowed:
+                raise IrisError(f"{name} {value!r} is not one of {', '.join(allowed)}.")
+        if self.load_in_4bit and self.backend == "transformers":
+            raise IrisError("4-bit loading runs through unsloth on CUDA: set backend to auto or unsloth.")
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    def with_run_name(self) -> "TrainConfig":
+        """The run name, filled in from the dataset and the time when left empty."""
+        if not self.run_name:
+            self.run_name = f"{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return self
+
+
+def list_presets() -> dict[str, Path]:
+    """Preset label (the YAML's first comment line, else its file name) → path."""
+    out = {}
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        out[first.lstrip("# ").strip() if first.startswith("#") else path.stem] = path
+    return out
+
+
+def load_preset(name_or_path: str | Path) -> TrainConfig:
+    """A preset by label, file stem, or path."""
+    presets = list_presets()
+    path = presets.get(str(name_or_path)) or PRESETS_DIR / f"{name_or_path}.yaml"
+    if not Path(path).exists():
+        path = Path(name_or_path)
+    if not path.exists():
+        raise IrisError(f"no preset {name_or_path!r}; presets: {', '.join(presets)}.")
+    return load_yaml(TrainConfig, path)

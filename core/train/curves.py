@@ -1,0 +1,29 @@
+"""The Train page's loss / eval-loss / learning-rate figure, read from each run's metrics.jsonl."""
+from __future__ import annotations
+
+from core import runs
+
+
+def curves_figure(run_names: list[str], title: str):
+    """Loss (and eval loss) per step for each run; with one run, its learning rate on a second axis.
+    The legend sits under the plot so it never covers the right-hand axis labels."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name in run_names:
+        rows = runs.read_metrics(runs.run_path(name))
+        tr = [r for r in rows if r.get("loss") is not None]
+        ev = [r for r in rows if r.get("eval_loss") is not None]
+        tag = f"{name} " if len(run_names) > 1 else ""
+        fig.add_scatter(x=[r["step"] for r in tr], y=[r["loss"] for r in tr], name=f"{tag}loss")
+        if ev:
+            fig.add_scatter(x=[r["step"] for r in ev], y=[r["eval_loss"] for r in ev], name=f"{tag}eval loss",
+                            mode="lines+markers")
+        if len(run_names) == 1:
+            fig.add_scatter(x=[r["step"] for r in tr], y=[r.get("lr") for r in tr], name="learning rate", yaxis="y2")
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", height=380,
+                      yaxis2=dict(title="learning rate", overlaying="y", side="right", showgrid=False,
+                                  exponentformat="e"),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
+                      margin=dict(r=80))
+    return fig

@@ -1,0 +1,207 @@
+"""The LoRA training job: launch it from a page, or run it in this process; resume from any complete checkpoint.
+
+Run as: python -m core.train CONFIG.yaml | --resume RUN_DIR [--checkpoint N]   (see core/train/__main__.py)
+
+The run directory (core.runs) is the interface: pages, Export and Chat read it; nothing else is shared.
+A graceful stop (core.jobs STOP file) saves a checkpoint and ends in state "stopped". With more than one
+GPU visible the page launches this module through `accelerate launch` (one DDP process per GPU).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from core import jobs, versions
+from core.config import load_yaml, save_yaml
+from core.errors import IrisError
+from core.paths import atomic_dir, free_disk_bytes, runs_dir
+from core.runs import (
+    ADAPTER,
+    CHECKPOINTS,
+    CONFIG,
+    LOG,
+    METRICS,
+    checkpoint_bytes,
+    checkpoint_dir,
+    list_checkpoints,
+    read_metrics,
+    run_path,
+)
+from core.train.config import TrainConfig
+
+# ---- launching from a page -----------------------------------------------------------------------------
+
+def launcher_argv(*args: str) -> tuple[list[str], int]:
+    """`python -m core.train ...`, or `accelerate launch` with one process per visible GPU."""
+    from core.train.estimate import detect_device
+
+    device = detect_device()
+    if device.kind == "cuda" and device.count > 1:
+        argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                f"--num_processes={device.count}", "--num_machines=1", "--mixed_precision=bf16",
+                "--dynamo_backend=no", "-m", "core.train", *args]
+        return argv, device.count
+    return jobs.python_module_argv("core.train", *args), 1
+
+
+def start(cfg: TrainConfig) -> Path:
+    """Create the run directory, write config.yaml and launch the job. Returns the run directory."""
+    cfg.with_run_name()
+    preflight(cfg, resolve_model=False)
+    run_dir = run_path(cfg.run_name)
+    if run_dir.exists():
+        raise IrisError(f"a run named {cfg.run_name!r} already exists: resume it or choose another name.")
+    run_dir.mkdir(parents=True)
+    save_yaml(cfg, run_dir / CONFIG)
+    argv, processes = launcher_argv(str(run_dir / CONFIG))
+    jobs.launch(run_dir, argv, log_name=LOG)
+    jobs.update_status(run_dir, processes=processes)
+    return run_dir
+
+
+def resume(run_dir: Path, checkpoint: int | None = None) -> int:
+    """Relaunch a stopped/died run from its latest (or a chosen) complete checkpoint. Returns the pid."""
+    checkpoint_dir(run_dir, checkpoint)  # fail here, in the page, if there is nothing to resume from
+    args = ["--resume", str(run_dir)] + (["--checkpoint", str(checkpoint)] if checkpoint is not None else [])
+    argv, processes = launcher_argv(*args)
+    pid = jobs.launch(run_dir, argv, log_name=LOG)
+    jobs.update_status(run_dir, processes=processes)
+    return pid
+
+
+# ---- checks before any weight is loaded ----------------------------------------------------------------
+
+def preflight(cfg: TrainConfig, resolve_model: bool = True) -> Path | None:
+    """Refuse what cannot work, with one message: missing dataset, sequence too long, no model, no disk."""
+    from core import models
+    from core.train.estimate import estimate
+
+    versions.load_manifest(cfg.dataset)  # raises: the version no longer exists
+    est = estimate(cfg)
+    if est.problems:
+        raise IrisError(" ".join(est.problems))
+    model_dir = None
+    if resolve_model:
+        model_dir = models.resolve(cfg.base_model)  # raises IrisError offline / unknown id
+        max_pos = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
+        if max_pos and cfg.max_seq_length > max_pos:
+            raise IrisError(f"max_seq_length {cfg.max_seq_length} is beyond {cfg.base_model}'s "
+                            f"{max_pos} positions: lower it.")
+    need = checkpoint_bytes(est.trainable) * 3
+    if free_disk_bytes(runs_dir()) < need:
+        raise IrisError(f"only {free_disk_bytes(runs_dir()) / 1e6:.0f} MB free for checkpoints "
+                        f"(need ~{need / 1e6:.0f} MB): free some disk space.")
+    return model_dir
+
+
+# ---- the training job ----------------------------------------------------------------------------------
+
+def load_config(run_dir: Path) -> TrainConfig:
+    return load_yaml(TrainConfig, Path(run_dir) / CONFIG)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def to_dataset(name: str, split: str, assistant_only: bool):
+    from datasets import Dataset
+
+    rows = []
+    for rec in versions.to_records(versions.load(name, split)):
+        msgs = [{"role": m["role"], "content": str(m.get("content") or "")} for m in rec["messages"]]
+        if not assistant_only or any(m["role"] == "assistant" and m["content"] for m in msgs):
+            rows.append({"messages": msgs})
+    if not rows:
+        raise IrisError(f"dataset version {name!r} ({split}) has no conversation with an assistant reply.")
+    return Dataset.from_list(rows)
+
+
+def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None = None,
+         resume: bool = False) -> Path:
+    """Train `cfg` into `run_dir` (fresh, or from a complete checkpoint when `resume`). Returns run_dir."""
+    from core.train import backends
+
+    cfg.with_run_name()
+    run_dir = Path(run_dir or run_path(cfg.run_name))
+    main_proc = is_main_process()
+    backend = backends.choose(cfg)  # first: unsloth must be imported before transformers and trl
+    from core.train.callbacks import IrisCallback, drop_torn_checkpoints, truncate_metrics
+    model_dir = preflight(cfg)
+    resume_from = None
+    if resume:
+        resume_from = checkpoint_dir(run_dir, resume_step)
+        if main_proc:
+            drop_torn_checkpoints(run_dir)
+            truncate_metrics(run_dir / METRICS, int(resume_from.name.split("-")[1]))
+    elif main_proc and list_checkpoints(run_dir):
+        raise IrisError(f"run {run_dir.name} already has checkpoints: resume it (--resume) or use a new name.")
+    if main_proc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / CONFIG).exists():
+            save_yaml(cfg, run_dir / CONFIG)
+        jobs.update_status(run_dir, state="running", pid=os.getpid(), error=None, message="loading model",
+                           resumed_from=resume_from.name if resume_from else None)
+    print(f"iris: backend {backend}, {backends.world_size()} process(es), base {cfg.base_model} "
+          f"({model_dir}), dataset {cfg.dataset}", flush=True)
+    model, tokenizer, peft_config = backends.load_model(cfg, model_dir, backend)
+    family = backends.set_training_template(tokenizer, cfg.assistant_only_loss)
+    train_ds = to_dataset(cfg.dataset, "train", cfg.assistant_only_loss)
+    eval_ds = None
+    if cfg.use_eval_split and cfg.eval_steps and versions.load_manifest(cfg.dataset)["rows"].get("eval"):
+        eval_ds = to_dataset(cfg.dataset, "eval", cfg.assistant_only_loss)
+    callback = IrisCallback(run_dir, cfg)
+    trainer = backends.build_trainer(cfg, model, tokenizer, peft_config, train_ds, eval_ds,
+                                     run_dir / CHECKPOINTS, backend, [callback])
+    if main_proc:
+        jobs.update_status(run_dir, message=f"training ({backend}, {family} template)", backend=backend)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    stopped = callback.stop_seen
+    if main_proc:
+        if stopped:
+            jobs.update_status(run_dir, state="stopped", message=f"stopped at step {trainer.state.global_step}",
+                               eta_s=0)
+        else:
+            save_adapter(trainer, tokenizer, cfg, run_dir, backend)
+            jobs.update_status(run_dir, state="completed", step=trainer.state.global_step, eta_s=0,
+                               message=f"completed {trainer.state.global_step} steps")
+    return run_dir
+
+
+def save_adapter(trainer, tokenizer, cfg: TrainConfig, run_dir: Path, backend: str) -> Path:
+    from core.train.backends import inference_template
+
+    manifest = versions.load_manifest(cfg.dataset)
+    with atomic_dir(run_dir / ADAPTER, overwrite=True) as tmp:
+        trainer.model.save_pretrained(tmp)
+        if tokenizer.chat_template:
+            tokenizer.chat_template = inference_template(tokenizer.chat_template)
+        tokenizer.save_pretrained(tmp)
+        last = read_metrics(run_dir)
+        losses = [m["loss"] for m in last if m.get("loss") is not None]
+        (tmp / "README.md").write_text(
+            f"# {run_dir.name}\n\nLoRA adapter trained with Iris ({backend} backend).\n\n"
+            f"- base model: `{cfg.base_model}`\n"
+            f"- dataset version: `{cfg.dataset}` (content hash {manifest.get('content_hash', '?')[:12]}, "
+            f"{manifest['rows']['train']} train rows)\n"
+            f"- steps: {trainer.state.global_step}; final train loss: {losses[-1] if losses else 'n/a'}\n"
+            f"- LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, "
+            f"targets {', '.join(cfg.target_modules)}\n"
+            f"- max_seq_length {cfg.max_seq_length}, batch {cfg.batch_size} × accum {cfg.grad_accum}, "
+            f"lr {cfg.learning_rate}, warmup {cfg.warmup_steps}, seed {cfg.seed}\n\n"
+            "The full configuration is in `../config.yaml`.\n", encoding="utf-8")
+    return run_dir / ADAPTER
+
+
+def resume_run(run_dir: Path, checkpoint: int | None = None) -> Path:
+    """`--resume`: a run under IRIS_HOME/runs, or a mirror folder (copied into runs/ first)."""
+    from core.train.callbacks import restore_from_mirror
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    if not (run_dir / CONFIG).exists():
+        raise IrisError(f"{run_dir} is not a run directory (no {CONFIG}).")
+    if run_dir.parent != runs_dir().resolve():
+        run_dir = restore_from_mirror(run_dir)
+    return main(load_config(run_dir), run_dir, resume_step=checkpoint, resume=True)
