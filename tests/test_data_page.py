@@ -10,7 +10,7 @@ def test_load_filter_save(iris_home):
     assert any("Load the bundled sample" in i.value for i in at.info)
     at.button[0].click().run()                      # Load (bundled sample is the default source)
     assert not at.exception, at.exception
-    assert any(c.value.startswith("3,077 rows from sample") for c in at.caption)
+    assert any(c.value.startswith("3,077 rows from bundled:finetome_sample.jsonl") for c in at.caption)
     at.text_input[0].set_value("fractions").run()   # full-text search
     assert any("rows match" in n.label for n in at.number_input)
     assert at.chat_message                          # the conversation viewer shows turns as bubbles
@@ -27,7 +27,7 @@ def test_load_filter_save(iris_home):
     assert not at.exception
     assert any("Saved version sample-clean" in s.value for s in at.success)
     m = versions.load_manifest("sample-clean")
-    assert m["parent"]["source"] == "sample" and m["kind"] == "filter"
+    assert m["parent"]["source"] == "bundled:finetome_sample.jsonl" and m["kind"] == "filter"  # as the CLI writes it
     assert "score" not in [s["step"] for s in m["steps"]]
     assert m["rows"]["train"] + m["rows"]["eval"] == at.dataframe[1].value["after"].tolist()[-1]
     # saving again under the same name is refused with a message, not a traceback

@@ -67,7 +67,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     # Data: the bundled sample, the default recipe, a saved version.
     goto(page, "Data")
     page.get_by_role("button", name="Load").click()
-    page.get_by_text(re.compile(r"rows from sample")).wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"rows from bundled:finetome_sample")).wait_for(timeout=300_000)
     page.get_by_role("tab", name="Filter").click()
     save = page.get_by_role("button", name=re.compile(r"Save [\d,]+ rows as a version"))
     save.wait_for(timeout=600_000)
@@ -86,14 +86,14 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_role("button", name="Launch").click()
     page.get_by_text(re.compile("Launched")).wait_for()
     page.get_by_role("tab", name="Runs").click()
-    page.get_by_text(re.compile(r"completed: step 4/4")).wait_for(timeout=900_000)
+    page.get_by_text(re.compile(r"completed: 4/4 steps")).wait_for(timeout=900_000)
     timings["trained"] = time.time() - t_start
     shot(page, "3-train-completed")
 
     # Export: the run's final adapter at the page's default quant (q4_k_m), verified against the merged model.
     goto(page, "Export")
     page.get_by_role("button", name="Export", exact=True).click()
-    page.get_by_text(re.compile(r"Export .+: completed")).first.wait_for(timeout=900_000)
+    page.get_by_text(re.compile(r"completed: \d+/\d+ steps")).first.wait_for(timeout=900_000)
     timings["exported"] = time.time() - t_start
     shot(page, "4-export-completed")
 

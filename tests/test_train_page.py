@@ -43,8 +43,8 @@ def test_launch_watch_and_stop_from_the_page(tiny_llama3_dir):
     run_dir = runs.run_path("from-page")
     wait_for(lambda: (jobs.read_status(run_dir).get("step") or 0) >= 2, what="step 2")
     at.run()
-    assert "running: step" in progress_text(at) and "/40" in progress_text(at)
-    at.button(key="stop").click().run()
+    assert "running: " in progress_text(at) and "/40 steps" in progress_text(at)  # ui.progress.job_panel's line
+    at.button(key="stop-from-page").click().run()
     status = jobs.wait(run_dir, timeout_s=180)
     assert status["state"] == "stopped" and status["step"] < 40
     assert runs.list_checkpoints(run_dir) == [status["step"]]  # the stop saved one
