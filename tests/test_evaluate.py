@@ -131,8 +131,10 @@ def test_blind_order_is_shuffled_but_scores_map_back():
     assert len(frame) == 6
     for _, row in frame.iterrows():
         assert row["total"] == 4 * by_model[row["model"]] and row["text"].startswith(f"answer by {row['model']}/")
-    # Rescoring replaces; other raters average in.
-    scoring.save_score(folder, q1[1]["answer_id"], {c: 2 for c in scoring.CRITERIA})
+    # Rescoring replaces, but only when confirmed; other raters average in.
+    with pytest.raises(IrisError, match="already scored this answer 4/20"):
+        scoring.save_score(folder, q1[1]["answer_id"], {c: 2 for c in scoring.CRITERIA})
+    scoring.save_score(folder, q1[1]["answer_id"], {c: 2 for c in scoring.CRITERIA}, replace=True)
     scoring.save_score(folder, q1[1]["answer_id"], {c: 4 for c in scoring.CRITERIA}, rater="bo")
     row = scoring.answers_frame(folder).set_index("answer_id").loc[q1[1]["answer_id"]]
     assert (row["total"], row["raters"]) == (12.0, 2)
