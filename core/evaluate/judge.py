@@ -98,11 +98,10 @@ def score_plan(folder: Path, plan, qset) -> list[dict]:
     if judge.kind != "gguf":
         raise IrisError(f"the automatic judge must be a GGUF model (fast on CPU); {judge.label} is {judge.kind}.")
     done = {r["answer_id"] for r in read_jsonl(Path(folder) / JUDGE) if r.get("judge") == judge.id}
-    engine = inference.load_engine(judge.id)
+    pending = [a for a in read_answers(folder) if a["answer_id"] not in done]
+    engine = inference.load_engine(judge.id) if pending else None  # nothing left to grade: no model to load
     out = []
-    for ans in read_answers(folder):
-        if ans["answer_id"] in done:
-            continue
+    for ans in pending:
         q = qset.get(ans["question_id"])
         prompt = PROMPT.format(question=q.question, reference=q.reference, answer=ans["text"].strip() or "(empty)")
         reply = engine.generate([{"role": "user", "content": prompt}], judge_settings()).text

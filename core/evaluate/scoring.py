@@ -232,7 +232,8 @@ EFFICIENCY = {"gen_tok_s": "generation speed (tokens/s after the first, CPU)",
 
 def missing_reason(results, quality: str, metric_errors: dict | None = None) -> str:
     """Why no model has `quality` yet: the metric failed, the judge graded nothing, or it was not planned."""
-    from core.evaluate.job import HELDOUT, JUDGE as JUDGE_METRIC
+    from core.evaluate.job import HELDOUT
+    from core.evaluate.job import JUDGE as JUDGE_METRIC
 
     metric = {"judge_total": JUDGE_METRIC, "perplexity": HELDOUT}.get(quality)
     if metric and (metric_errors or {}).get(metric):
@@ -268,3 +269,20 @@ def progress(folder: Path, rater: str = "") -> tuple[int, int]:
     total = len(read_answers(folder))
     return len(scored_ids(folder, rater) & {a["answer_id"] for a in read_answers(folder)}), total
 
+
+
+def judge_answers(folder: Path):
+    """One row per answer the automatic judge replied to: model, setting, question, grade or why none."""
+    import pandas as pd
+
+    by_id = {a["answer_id"]: a for a in read_answers(folder)}
+    rows = []
+    for rec in latest_scores(folder, JUDGE):
+        ans = by_id.get(rec["answer_id"])
+        if ans is None:
+            continue
+        why = rec.get("ungraded") or ("" if rec.get("total") is not None else "no parseable grade")
+        rows.append({"model": short_label(ans["model"], ans.get("lineage")), "setting": ans["setting"],
+                     "question": ans["question_id"], "judge": rec.get("judge", ""),
+                     "judge (of 20)": rec.get("total"), "not graded because": why, "judge's reply": rec.get("reply", "")})
+    return pd.DataFrame(rows)
