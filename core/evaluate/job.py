@@ -16,9 +16,9 @@ from core import jobs
 from core.errors import IrisError
 from core.evaluate.answers import answer_record, done_keys, messages_for
 from core.evaluate.plan import ANSWERS, EvalPlan, decoding, expand, plan_dir, resolve_models, save_plan
+from core.evaluate.plan import HELDOUT_METRIC as HELDOUT
+from core.evaluate.plan import JUDGE_METRIC as JUDGE
 from core.paths import append_jsonl
-
-HELDOUT, JUDGE = "held-out loss", "automatic judge"  # the metric names status.json's metric_errors uses
 
 
 def main(plan: EvalPlan) -> Path:

@@ -232,8 +232,8 @@ EFFICIENCY = {"gen_tok_s": "generation speed (tokens/s after the first, CPU)",
 
 def missing_reason(results, quality: str, metric_errors: dict | None = None) -> str:
     """Why no model has `quality` yet: the metric failed, the judge graded nothing, or it was not planned."""
-    from core.evaluate.job import HELDOUT
-    from core.evaluate.job import JUDGE as JUDGE_METRIC
+    from core.evaluate.plan import HELDOUT_METRIC as HELDOUT
+    from core.evaluate.plan import JUDGE_METRIC
 
     metric = {"judge_total": JUDGE_METRIC, "perplexity": HELDOUT}.get(quality)
     if metric and (metric_errors or {}).get(metric):
