@@ -47,7 +47,9 @@ with t_plan:
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
         heldout = st.selectbox("Held-out loss on (optional)", eval_sets, format_func=lambda v: v or "(none)")
         judge = st.selectbox("Automatic judge (optional GGUF)", [""] + [m.id for m in judge_candidates()],
-                             format_func=lambda v: models.get(v, "(none)"))
+                             format_func=lambda v: models.get(v, "(none)"),
+                             help="A model that grades each answer against the reference. The embedded 135M "
+                                  "model rarely gives a parseable grade; a 1B export (or larger) does.")
         submitted = st.form_submit_button("Save and run")
     if submitted:
         try:
@@ -55,7 +57,8 @@ with t_plan:
                             seed=int(seed), max_new_tokens=int(max_new), heldout_dataset=heldout, judge_model=judge)
             cells, _ = expand(plan)
             launch_plan(plan)
-            st.session_state["run_pick"] = plan.name  # show the new plan's progress, not the one picked before
+            for key in ("run_pick", "score_plan", "results_plan"):  # the new plan, not the one picked before
+                st.session_state[key] = plan.name
             st.success(f"Started {plan.name}: {len(cells)} answers to produce (already produced ones are kept).")
         except IrisError as err:
             st.error(str(err))

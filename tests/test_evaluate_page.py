@@ -156,6 +156,7 @@ def test_save_and_run_shows_the_new_plans_progress_not_the_previous_one():
     try:
         assert not at.exception and any("Started zz-newer" in s.value for s in at.success)
         assert at.selectbox(key="run_pick").value == "zz-newer"
+        assert at.selectbox(key="score_plan").value == at.selectbox(key="results_plan").value == "zz-newer"
         texts = [p.proto.text for p in at.get("progress")]
         assert not any(t.startswith("completed: 5/5") for t in texts), texts
     finally:

@@ -13,11 +13,11 @@ from core.evaluate.answers import read_answers
 from core.evaluate.plan import load_plan, plan_dir
 
 
-def live(view, *args) -> None:
-    """Draw `view(*args)` in a fragment that reruns every 2 s while the plan's job is active, so answers,
-    progress and results appear as the job writes them (not only after the next click)."""
-    active = jobs.read_status(plan_dir(args[0])).get("state") in jobs.ACTIVE
-    st.fragment(run_every=2 if active else None)(view)(*args)
+def live(view, plan: str, *args) -> None:
+    """Draw `view(plan, *args)` in a fragment that reruns every 2 s while the plan's job is active, so
+    answers, progress and results appear as the job writes them (not only after the next click)."""
+    active = jobs.read_status(plan_dir(plan)).get("state") in jobs.ACTIVE
+    st.fragment(run_every=2 if active else None)(view)(plan, *args)
 
 
 def _answer_label(order: list[dict], mine: dict, qset) -> dict[str, str]:
