@@ -104,7 +104,8 @@ def results_view(pick: str) -> None:
         return
     config = {head: st.column_config.Column(help=help) for head, help in scoring.RESULT_COLUMNS.values()}
     st.dataframe(scoring.results_view(table), hide_index=True, width="stretch", column_config=config)
-    st.caption("Hover a column's header for what it measures. " + scoring.RESULT_COLUMNS["gen_tok_s"][1])
+    st.caption("Hover a header for what each column measures. gen tok/s: "
+               + scoring.RESULT_COLUMNS["gen_tok_s"][1][0].lower() + scoring.RESULT_COLUMNS["gen_tok_s"][1][1:])
     st.plotly_chart(scoring.score_chart(table), key="score_chart", width="stretch")
     c1, c2 = st.columns(2)
     quality = c1.selectbox("Quality", list(scoring.QUALITY), format_func=scoring.QUALITY.get)
