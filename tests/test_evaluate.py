@@ -371,3 +371,22 @@ def test_results_table_leads_with_scores_under_short_labels():
     assert scoring.short_label("export:lab2/lab2-f16.gguf", {"quant": "F16", "lora": "l.gguf"}) == "lab2 · F16 + LoRA"
     assert {"gen tok/s", "tok/s incl. prompt"} <= set(view.columns)
     assert "Chat" in scoring.RESULT_COLUMNS["gen_tok_s"][1]  # says how it relates to Chat's tok/s
+
+
+def test_heldout_loss_of_one_broken_model_does_not_cost_the_others(tiny_llama3_dir, tmp_path):
+    import pandas as pd
+
+    from core import versions
+    from core.evaluate import perplexity
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # a transformers folder with no model in it
+    rows = pd.DataFrame({"messages": [[{"role": "user", "content": "NOT true?"},
+                                       {"role": "assistant", "content": "False."}]]})
+    versions.save("held1", rows, eval_df=rows)
+    plan = EvalPlan(name="two", models=[str(broken), str(tiny_llama3_dir)], heldout_dataset="held1")
+    with pytest.raises(IrisError, match=rf"held-out loss failed for {broken} \(.+\); measured 1 other model"):
+        perplexity.evaluate_models(plan_dir("two"), plan, resolve_models(plan))
+    [measured] = perplexity.read_metrics(plan_dir("two"))
+    assert measured["model"] == str(tiny_llama3_dir) and measured["loss"] > 0

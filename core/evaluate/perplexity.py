@@ -151,7 +151,7 @@ def evaluate_models(folder: Path, plan, available: dict) -> list[dict]:
         try:
             measured = model_perplexity(available[model_id], conversations)
         except Exception as err:  # recorded per model; the caller decides what a failed metric means
-            why = str(err) if isinstance(err, IrisError) else f"{type(err).__name__}: {err}"
+            why = " ".join((str(err) if isinstance(err, IrisError) else f"{type(err).__name__}: {err}").split())
             failed.append(f"{model_id} ({why})")
             print(f"held-out {model_id} failed: {why}", flush=True)
             continue
