@@ -49,7 +49,7 @@ with t_plan:
         judge = st.selectbox("Automatic judge (optional GGUF)", [""] + [m.id for m in judge_candidates()],
                              format_func=lambda v: models.get(v, "(none)"),
                              help="A model that grades each answer against the reference. The embedded 135M "
-                                  "model rarely gives a parseable grade; a 1B export (or larger) does.")
+                                  "model rarely gives a parseable grade; a larger one (1B or more) is more likely to.")
         submitted = st.form_submit_button("Save and run")
     if submitted:
         try:

@@ -76,7 +76,7 @@ def summary_line(s: dict) -> str:
     line = f"automatic judge {s['judge']} graded {s['graded']} of {s['answers']} answers"
     if s["ungraded"]:
         line += (f"; {s['ungraded']} of its replies had no parseable grade (no 'criterion: N' lines): "
-                 "a larger judge model (1B or more, e.g. a Llama-3.2-1B export) follows the format more reliably")
+                 "a larger judge model (1B or more) is more likely to follow the format")
     return line
 
 
