@@ -4,10 +4,10 @@ import streamlit as st
 from core import inference, jobs, versions
 from core.errors import IrisError
 from core.evaluate import questions, scoring
-from core.evaluate.answers import read_answers
 from core.evaluate.job import launch as launch_plan
 from core.evaluate.judge import judge_candidates
 from core.evaluate.plan import EvalPlan, expand, list_plans, load_plan, plan_dir
+from ui.evaluate import live, metric_notes, results_view, score_view
 from ui.progress import job_panel
 
 st.title("Evaluate")
@@ -47,7 +47,9 @@ with t_plan:
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0)
         heldout = st.selectbox("Held-out loss on (optional)", eval_sets, format_func=lambda v: v or "(none)")
         judge = st.selectbox("Automatic judge (optional GGUF)", [""] + [m.id for m in judge_candidates()],
-                             format_func=lambda v: models.get(v, "(none)"))
+                             format_func=lambda v: models.get(v, "(none)"),
+                             help="A model that grades each answer against the reference. The embedded 135M "
+                                  "model rarely gives a parseable grade; a larger one (1B or more) is more likely to.")
         submitted = st.form_submit_button("Save and run")
     if submitted:
         try:
@@ -55,7 +57,8 @@ with t_plan:
                             seed=int(seed), max_new_tokens=int(max_new), heldout_dataset=heldout, judge_model=judge)
             cells, _ = expand(plan)
             launch_plan(plan)
-            st.session_state["eval_plan"] = plan.name
+            for key in ("run_pick", "score_plan", "results_plan"):  # the new plan, not the one picked before
+                st.session_state[key] = plan.name
             st.success(f"Started {plan.name}: {len(cells)} answers to produce (already produced ones are kept).")
         except IrisError as err:
             st.error(str(err))
@@ -64,10 +67,10 @@ with t_plan:
     if not plans:
         st.info("No plans yet.")
     else:
-        current = st.session_state.get("eval_plan")
-        pick = st.selectbox("Plan", plans, index=plans.index(current) if current in plans else 0, key="run_pick")
+        pick = st.selectbox("Plan", plans, key="run_pick")
 
         def resume(status: dict) -> None:
+            metric_notes(status)
             if status.get("state") not in jobs.ACTIVE and st.button("Resume / rerun", key="run_resume"):
                 try:
                     launch_plan(load_plan(pick))
@@ -82,58 +85,12 @@ with t_score:
         st.info("Run a plan first.")
     else:
         pick = st.selectbox("Plan to score", plans, key="score_plan")
-        folder = plan_dir(pick)
         rater = st.text_input("Your name (scores are kept per rater)", key="rater")
         if "blind_seed" not in st.session_state:
             st.session_state["blind_seed"] = scoring.new_session_seed()
-        answers = read_answers(folder)
-        try:
-            qset = questions.load_set(load_plan(pick).question_set)
-        except IrisError as err:
-            st.error(str(err))
-            st.stop()
-        done, total = scoring.progress(folder, rater)
-        st.progress(done / total if total else 0.0, text=f"You scored {done} of {total} answers")
-        q = st.selectbox("Question", qset.questions, format_func=lambda q: f"{q.id}: {q.question}", key="score_q")
-        queue = scoring.blind_queue(answers, q.id, st.session_state["blind_seed"])
-        if not queue:
-            st.info("No answers to this question yet.")
-        else:
-            mine = scoring.scored_ids(folder, rater)
-            todo = [a for a in queue if a["answer_id"] not in mine] or queue
-            ans = scoring.blind_view(todo[0])
-            st.markdown(f"**Answer {queue.index(todo[0]) + 1} of {len(queue)}** (model hidden)")
-            st.info(ans["text"] or "(empty answer)")
-            with st.form(f"score_{ans['answer_id']}"):
-                values = {c: st.slider(c.capitalize(), 1, 5, 3, help=scoring.CRITERIA_HELP[c]) for c in scoring.CRITERIA}
-                notes = st.text_area("Notes")
-                if st.form_submit_button("Save score"):
-                    try:
-                        rec = scoring.save_score(folder, ans["answer_id"], values, notes, rater)
-                        st.success(f"Saved: {rec['total']}/20.")
-                        st.rerun()
-                    except IrisError as err:
-                        st.error(str(err))
-            with st.expander("Reference answer (look after scoring)"):
-                st.write(q.reference)
+        live(score_view, pick, rater)
 
 with t_results:
     plans = list_plans()
     if plans:
-        pick = st.selectbox("Plan", plans, key="results_plan")
-        folder = plan_dir(pick)
-        table = scoring.results_table(folder)
-        if table.empty:
-            st.info("No answers yet.")
-        else:
-            st.dataframe(table, hide_index=True, width="stretch")
-            st.plotly_chart(scoring.score_chart(table), key="score_chart")
-            c1, c2 = st.columns(2)
-            quality = c1.selectbox("Quality", list(scoring.QUALITY), format_func=scoring.QUALITY.get)
-            efficiency = c2.selectbox("Efficiency", list(scoring.EFFICIENCY), format_func=scoring.EFFICIENCY.get)
-            try:
-                st.plotly_chart(scoring.quality_efficiency_chart(table, quality, efficiency), key="qe_chart")
-            except IrisError as err:
-                st.info(str(err))
-            st.download_button("Download answers + scores (CSV)", scoring.export_csv(folder),
-                               file_name=f"{pick}-answers.csv", mime="text/csv")
+        live(results_view, st.selectbox("Plan", plans, key="results_plan"))

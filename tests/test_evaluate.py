@@ -131,8 +131,10 @@ def test_blind_order_is_shuffled_but_scores_map_back():
     assert len(frame) == 6
     for _, row in frame.iterrows():
         assert row["total"] == 4 * by_model[row["model"]] and row["text"].startswith(f"answer by {row['model']}/")
-    # Rescoring replaces; other raters average in.
-    scoring.save_score(folder, q1[1]["answer_id"], {c: 2 for c in scoring.CRITERIA})
+    # Rescoring replaces, but only when confirmed; other raters average in.
+    with pytest.raises(IrisError, match="already scored this answer 4/20"):
+        scoring.save_score(folder, q1[1]["answer_id"], {c: 2 for c in scoring.CRITERIA})
+    scoring.save_score(folder, q1[1]["answer_id"], {c: 2 for c in scoring.CRITERIA}, replace=True)
     scoring.save_score(folder, q1[1]["answer_id"], {c: 4 for c in scoring.CRITERIA}, rater="bo")
     row = scoring.answers_frame(folder).set_index("answer_id").loc[q1[1]["answer_id"]]
     assert (row["total"], row["raters"]) == (12.0, 2)
@@ -247,3 +249,144 @@ def test_heldout_needs_an_eval_split():
     versions.save("noeval", pd.DataFrame({"messages": [[{"role": "user", "content": "hi"}]]}))
     with pytest.raises(IrisError, match="no eval split"):
         perplexity.heldout_rows("noeval", 5)
+
+
+def test_blind_order_walks_every_question_and_next_unscored_moves_on():
+    folder = plan_dir("walk")
+    fake_answers(folder)
+    qids = [q.id for q in questions.load_set("boolean_logic").questions]
+    order = scoring.blind_order(read_answers(folder), qids, session_seed=5)
+    assert [a["question_id"] for a in order] == [q for q in qids for _ in range(2)]
+    ids = [a["answer_id"] for a in order]
+    assert scoring.next_unscored(order, set()) == ids[0]
+    assert scoring.next_unscored(order, {ids[0]}, after=ids[0]) == ids[1]
+    # After the last answer of one question comes the next question's first, not answer 1 again.
+    assert scoring.next_unscored(order, set(ids[:2]), after=ids[1]) == ids[2]
+    # Unscored answers before the current one are found by wrapping around; none left → None.
+    assert scoring.next_unscored(order, set(ids[1:]), after=ids[5]) == ids[0]
+    assert scoring.next_unscored(order, set(ids), after=ids[3]) is None
+
+
+def planned_answers(plan: EvalPlan) -> list[dict]:
+    """answers.jsonl as the job writes it for `plan` (same decoding values and question text), so a job
+    run on the plan finds every answer already made and goes straight to its metrics."""
+    from core.evaluate.answers import _settings_dict
+
+    cells, qset = expand(plan)
+    for cell in cells:
+        paths.append_jsonl(plan_dir(plan.name) / ANSWERS, {
+            "answer_id": cell.answer_id, "key": cell.key, "plan": plan.name, "model": cell.model,
+            "model_label": "SmolLM2-135M-Instruct Q4_1 (embedded)", "model_kind": "gguf", "model_path": "/x/s.gguf",
+            "file_bytes": 2**20, "lineage": {}, "setting": cell.setting,
+            "settings": _settings_dict(decoding(plan, cell.setting)), "question_id": cell.question_id,
+            "question": qset.get(cell.question_id).question, "text": f"answer to {cell.question_id}", "words": 3,
+            "completion_tokens": 4, "gen_tok_s": 50.0, "wall_s": 0.2, "rss_mb": 300.0})
+    return read_answers(plan_dir(plan.name))
+
+
+def free_text_judge(plan: EvalPlan, answers: list[dict]) -> None:
+    """judge.jsonl as a 135M judge wrote it in the issue: free-text replies, no parseable grade."""
+    from core.evaluate.judge import parse_grades, ungraded_reason
+
+    for ans in answers:
+        reply = "This answer is good and explains the operator well."
+        grades = parse_grades(reply)
+        paths.append_jsonl(plan_dir(plan.name) / scoring.JUDGE, {
+            "answer_id": ans["answer_id"], "judge": plan.judge_model, "rater": f"auto:{plan.judge_model}",
+            **grades, "total": None, "ungraded": ungraded_reason(reply, grades), "reply": reply})
+
+
+def failing_metrics_plan() -> EvalPlan:
+    """A plan whose held-out loss fails (the version has no eval split) and whose judge graded nothing."""
+    import pandas as pd
+
+    from core import versions
+
+    versions.save("no-eval", pd.DataFrame({"messages": [[{"role": "user", "content": "hi"}]]}))
+    plan = EvalPlan(name="metrics", models=["smollm2-135m-instruct"], heldout_dataset="no-eval",
+                    judge_model="smollm2-135m-instruct")
+    free_text_judge(plan, planned_answers(plan))
+    return plan
+
+
+def test_a_failing_metric_does_not_fail_the_evaluation_and_an_ungrading_judge_is_an_error():
+    from core import jobs
+    from core.evaluate.job import main
+
+    plan = failing_metrics_plan()
+    folder = main(plan)
+    status = jobs.read_status(folder)
+    assert status["state"] == "completed" and status["error"] is None
+    assert "completed with errors: held-out loss failed, automatic judge failed" in status["message"]
+    errors = status["metric_errors"]
+    assert errors["held-out loss"] == "dataset version 'no-eval' has no eval split: save it with an eval split."
+    assert errors["automatic judge"].startswith("automatic judge smollm2-135m-instruct graded 0 of 5 answers; "
+                                                "5 of its replies had no parseable grade")
+    assert "larger judge model" in errors["automatic judge"]
+    assert status["judge"] == {"judge": "smollm2-135m-instruct", "answers": 5, "judged": 5, "graded": 0,
+                               "ungraded": 5}
+    # Results name the failure instead of asking for a metric that was in the plan.
+    results = scoring.results_table(folder)
+    with pytest.raises(IrisError, match="the automatic judge failed .*graded 0 of 5") as err:
+        scoring.quality_efficiency_chart(results, "judge_total", "gen_tok_s", errors)
+    assert "add that metric to the plan" not in str(err.value)
+    with pytest.raises(IrisError, match="replied to 5 answers but gave no parseable grade"):
+        scoring.quality_efficiency_chart(results, "judge_total", "gen_tok_s")  # from the table alone
+    judged = scoring.judge_answers(folder)
+    assert len(judged) == 5 and judged["judge (of 20)"].isna().all()
+    assert set(judged["not graded because"]) == {
+        "the reply gives no grade for correctness, clarity, examples, pedagogy "
+        "(expected lines 'criterion: N' with N from 1 to 5)"}
+
+
+def test_judge_summary_counts_graded_and_ungraded():
+    from core.evaluate import judge
+
+    plan = EvalPlan(name="half", models=["smollm2-135m-instruct"], judge_model="smollm2-135m-instruct")
+    answers = planned_answers(plan)
+    free_text_judge(plan, answers[:2])
+    for ans in answers[2:4]:
+        paths.append_jsonl(plan_dir("half") / scoring.JUDGE, {
+            "answer_id": ans["answer_id"], "judge": plan.judge_model, "rater": f"auto:{plan.judge_model}",
+            **{c: 4 for c in scoring.CRITERIA}, "total": 16, "ungraded": "", "reply": "correctness: 4 ..."})
+    summary = judge.summary(plan_dir("half"), plan.judge_model)
+    assert summary == {"judge": plan.judge_model, "answers": 5, "judged": 4, "graded": 2, "ungraded": 2}
+    assert judge.summary_line(summary).startswith("automatic judge smollm2-135m-instruct graded 2 of 5 answers; "
+                                                  "2 of its replies had no parseable grade")
+    assert judge.ungraded_reason("", {c: None for c in scoring.CRITERIA}) == "the judge replied nothing"
+    assert judge.ungraded_reason("correctness: 3", judge.parse_grades("correctness: 3")).startswith(
+        "the reply gives no grade for clarity, examples, pedagogy")
+
+
+def test_results_table_leads_with_scores_under_short_labels():
+    folder = plan_dir("view")
+    fake_answers(folder, models=["export:lab2/lab2-q4_k_m.gguf", "run:bq@checkpoint-20"])
+    aid = read_answers(folder)[0]["answer_id"]
+    scoring.save_score(folder, aid, {c: 4 for c in scoring.CRITERIA})
+    view = scoring.results_view(scoring.results_table(folder))
+    assert list(view.columns[:4]) == ["model", "setting", "human (of 20)", "judge (of 20)"]
+    assert list(view.columns[-2:]) == ["label", "path"]
+    assert set(view["model"]) == {"lab2 · lab2-q4_k_m.gguf", "bq@checkpoint-20"}
+    assert set(view["path"]) == {"/x/export:lab2/lab2-q4_k_m.gguf.gguf", "/x/run:bq@checkpoint-20.gguf"}
+    assert scoring.short_label("export:lab2/lab2-f16.gguf", {"quant": "F16", "lora": "l.gguf"}) == "lab2 · F16 + LoRA"
+    assert {"gen tok/s", "tok/s incl. prompt"} <= set(view.columns)
+    assert "Chat" in scoring.RESULT_COLUMNS["gen_tok_s"][1]  # says how it relates to Chat's tok/s
+
+
+def test_heldout_loss_of_one_broken_model_does_not_cost_the_others(tiny_llama3_dir, tmp_path):
+    import pandas as pd
+
+    from core import versions
+    from core.evaluate import perplexity
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # a transformers folder with no model in it
+    rows = pd.DataFrame({"messages": [[{"role": "user", "content": "NOT true?"},
+                                       {"role": "assistant", "content": "False."}]]})
+    versions.save("held1", rows, eval_df=rows)
+    plan = EvalPlan(name="two", models=[str(broken), str(tiny_llama3_dir)], heldout_dataset="held1")
+    with pytest.raises(IrisError, match=rf"held-out loss failed for {broken} \(.+\); measured 1 other model"):
+        perplexity.evaluate_models(plan_dir("two"), plan, resolve_models(plan))
+    [measured] = perplexity.read_metrics(plan_dir("two"))
+    assert measured["model"] == str(tiny_llama3_dir) and measured["loss"] > 0

@@ -83,3 +83,60 @@ def test_automatic_judge_grades_against_the_reference_and_is_labelled():
     assert rec["total"] is None or 4 <= rec["total"] <= 20
     assert judge.score_plan(folder, plan, questions.load_set("boolean_logic")) == []  # resumable
     assert scoring.latest_scores(folder) == []  # never mixed into the human scores
+
+
+@pytest.fixture(scope="module")
+def sharp_llama3(tmp_path_factory):
+    """Tiny untied Llama-3 with large weights: clear next-token winners, so a LoRA visibly moves the loss."""
+    from tests.helpers import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("sharp_llama3") / "model", tie_embeddings=False, init_std=0.3)
+
+
+def test_heldout_loss_of_a_lora_only_export_applies_its_lora(sharp_llama3):
+    """A LoRA-only export (base GGUF + LoRA GGUF) and the merged export of the same adapter are the same
+    model: their held-out losses agree; the bare base GGUF (what was measured before) does not."""
+    import pandas as pd
+
+    from core import inference, versions
+    from core.evaluate import perplexity
+    from core.export.config import ExportConfig
+    from core.export.gguf import main as export
+    from core.paths import runs_dir
+    from tests.export_helpers import make_run
+
+    make_run(runs_dir(), "lo", str(sharp_llama3), sharp_llama3, checkpoints=(), final=True)
+    export(ExportConfig(source="lo", quants=["f16"], mode="lora", verify=False))
+    export(ExportConfig(source="lo", quants=["f16"], name="lo-merged", verify=False))
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in [("Is 5 between 3 and 10?", "Yes: 5 > 3 and 5 < 10."), ("NOT true?", "False."),
+                         ("What does OR do?", "OR is true when either side is true.")]]
+    versions.save("held", pd.DataFrame(rows), eval_df=pd.DataFrame(rows))
+    plan = EvalPlan(name="lora-ppl", models=["export:lo/lo-f16.gguf", "export:lo-merged/lo-merged-f16.gguf"],
+                    heldout_dataset="held", heldout_rows=3)
+    available = {m: inference.find_model(m) for m in plan.models}
+    assert available["export:lo/lo-f16.gguf"].lora  # listed as base GGUF + LoRA applied at load
+    lora, merged = perplexity.evaluate_models(plan_dir("lora-ppl"), plan, available)
+    base = perplexity.gguf_perplexity(available["export:lo/lo-f16.gguf"].path, perplexity.heldout_rows("held", 3))
+    print(f"held-out loss: base {base['loss']:.4f}, LoRA-only {lora['loss']:.4f}, merged {merged['loss']:.4f}")
+    assert lora["tokens"] == merged["tokens"] == base["tokens"]
+    # Both in f16: the merged weights are rounded once more than base + LoRA at runtime.
+    assert lora["loss"] == pytest.approx(merged["loss"], rel=0.01)
+    assert abs(base["loss"] - lora["loss"]) > 10 * abs(lora["loss"] - merged["loss"])
+
+
+def test_a_failed_heldout_loss_leaves_the_judge_to_run():
+    """The issue's case: held-out loss fails, yet the judge grades the answers and the job completes."""
+    from core.evaluate import scoring
+    from core.evaluate.job import main
+    from tests.test_evaluate import failing_metrics_plan
+
+    plan = failing_metrics_plan()
+    judged = paths.read_jsonl(plan_dir(plan.name) / scoring.JUDGE)
+    (plan_dir(plan.name) / scoring.JUDGE).write_text("".join(__import__("json").dumps(r) + "\n" for r in judged[1:]))
+    status = jobs.read_status(main(plan))
+    assert status["state"] == "completed" and "held-out loss" in status["metric_errors"]
+    fresh = paths.read_jsonl(plan_dir(plan.name) / scoring.JUDGE)[-1]  # graded by the real judge just now
+    assert fresh["answer_id"] == judged[0]["answer_id"] and fresh["reply"].strip()
+    assert (fresh["total"] is None) == bool(fresh["ungraded"])
+    assert status["judge"]["judged"] == 5 and status["judge"]["graded"] == (fresh["total"] is not None)

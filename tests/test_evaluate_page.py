@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from core.evaluate import scoring
+from core.evaluate import questions, scoring
 from core.evaluate.answers import read_answers
 from core.evaluate.plan import EvalPlan, list_plans, plan_dir, save_plan
 from tests.test_evaluate import fake_answers
@@ -68,5 +68,96 @@ def test_blind_scoring_saves_scores_for_the_answer_shown_and_results_render():
     assert nxt != shown and nxt.endswith("q1-operator")
     # Results: the table has the score under the right model, and the CSV is offered.
     table = at.dataframe[0].value.set_index("model")
-    assert table.loc[answer["model"], "human_total"] == 14 and table["scored"].sum() == 1
+    assert table.loc[answer["model"], "human (of 20)"] == 14 and table["scored"].sum() == 1
     assert len(at.get("download_button")) == 1
+
+
+def _progress_text(at: AppTest) -> str:
+    return next(p.proto.text for p in at.get("progress") if p.proto.text.startswith("You scored"))
+
+
+def _shown(at: AppTest) -> str:
+    return next(i.body for i in at.info if i.body.startswith("answer by "))
+
+
+def _score(at: AppTest, points: int) -> None:
+    for label in ("Correctness", "Clarity", "Examples", "Pedagogy"):
+        next(s for s in at.slider if s.label == label).set_value(points)
+
+
+def test_blind_scoring_walks_to_the_next_unscored_answer_marks_it_and_confirms_a_replacement():
+    save_plan(EvalPlan(name="lab", models=["m-small", "m-big"]))
+    fake_answers(plan_dir("lab"))
+    at = _app().run()
+    at.text_input(key="rater").set_value("ana").run()
+    assert _progress_text(at) == "You scored 0 of 10 answers"
+    seen = []
+    for i in range(3):  # both answers to q1, then on to q2 by itself (no question picked by hand)
+        seen.append(_shown(at))
+        _score(at, 4)
+        _button(at, "Save score").click().run()
+        assert not at.exception and not at.error
+        assert _progress_text(at) == f"You scored {i + 1} of 10 answers"
+    assert [s.rsplit(" ", 1)[-1] for s in seen] == ["q1-operator", "q1-operator", "q2-and-or"]
+    assert _shown(at).endswith("q2-and-or") and _shown(at) != seen[2]
+    picker = at.selectbox(key="score_answer")
+    marks = list(picker.options)  # AppTest holds the labels the rater reads
+    assert sum("✓ scored 16/20" in m for m in marks) == 3 and sum("not scored yet" in m for m in marks) == 7
+    # Going back to a scored answer: it says so, and a new score replaces it only when confirmed.
+    qids = [q.id for q in questions.load_set("boolean_logic").questions]
+    order = scoring.blind_order(read_answers(plan_dir("lab")), qids, at.session_state["blind_seed"])
+    assert marks[0].startswith("q1-operator · answer 1 of 2 · ✓")
+    picker.set_value(order[0]["answer_id"]).run()
+    assert _shown(at) == seen[0]
+    assert "you scored it 16/20" in next(m.value for m in at.markdown if "model hidden" in m.value)
+    _score(at, 2)
+    _button(at, "Replace score").click().run()
+    assert any("already scored this answer 16/20" in e.value for e in at.error)
+    assert sorted(s["total"] for s in scoring.latest_scores(plan_dir("lab"))) == [16, 16, 16]
+    _score(at, 2)
+    next(c for c in at.checkbox if c.label.startswith("Replace my earlier score")).check()
+    _button(at, "Replace score").click().run()
+    assert sorted(s["total"] for s in scoring.latest_scores(plan_dir("lab"))) == [8, 16, 16]
+    assert _progress_text(at) == "You scored 3 of 10 answers"
+
+
+def test_results_say_which_metric_failed_and_how_many_answers_the_judge_graded():
+    from core.evaluate.job import main
+    from tests.test_evaluate import failing_metrics_plan
+
+    main(failing_metrics_plan())
+    at = _app().run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("Completed with errors: the held-out loss failed. dataset version 'no-eval' has no eval split" in w
+               for w in warnings)
+    assert any("the automatic judge failed" in w and "graded 0 of 5 answers" in w and "larger judge model" in w
+               for w in warnings)
+    view = at.dataframe[0].value
+    assert list(view.columns[:4]) == ["model", "setting", "human (of 20)", "judge (of 20)"]
+    next(s for s in at.selectbox if s.label == "Quality").set_value("judge_total").run()
+    infos = [i.value for i in at.info]
+    assert any("the automatic judge failed" in i for i in infos)
+    assert not any("add that metric to the plan" in i for i in infos)
+    per_answer = at.dataframe[1].value
+    assert len(per_answer) == 5 and per_answer["not graded because"].str.startswith("the reply gives no grade").all()
+
+
+def test_save_and_run_shows_the_new_plans_progress_not_the_previous_one():
+    from core import jobs
+
+    save_plan(EvalPlan(name="older", models=["smollm2-135m-instruct"]))
+    jobs.update_status(plan_dir("older"), state="completed", step=5, total=5, message="5 answers")
+    at = _app().run()
+    assert at.selectbox(key="run_pick").value == "older"
+    at.text_input[0].set_value("zz-newer")  # sorts after the old plan, so index 0 would not pick it
+    next(n for n in at.number_input if n.label == "Max new tokens").set_value(1)
+    _button(at, "Save and run").click().run()
+    try:
+        assert not at.exception and any("Started zz-newer" in s.value for s in at.success)
+        assert at.selectbox(key="run_pick").value == "zz-newer"
+        assert at.selectbox(key="score_plan").value == at.selectbox(key="results_plan").value == "zz-newer"
+        texts = [p.proto.text for p in at.get("progress")]
+        assert not any(t.startswith("completed: 5/5") for t in texts), texts
+    finally:
+        jobs.kill(plan_dir("zz-newer"))

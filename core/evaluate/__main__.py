@@ -17,8 +17,11 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("plan", help="path to the plan's YAML (an EvalPlan); answers go to IRIS_HOME/evals/<name>/")
     args = parser.parse_args(argv)
     try:
-        folder = main(load_plan(args.plan))
-        print(f"evaluation {jobs.read_status(folder).get('state')}: {folder}")
+        status = jobs.read_status(main(load_plan(args.plan)))
+        errors = status.get("metric_errors") or {}
+        print(f"evaluation {status.get('state')}{' with errors' if errors else ''}: {status.get('message')}")
+        for metric, why in errors.items():
+            print(f"  {metric} failed: {why}")
     except IrisError as err:
         cli_exit(err)
 

@@ -93,16 +93,18 @@ def _render_gguf_template(llm, messages: list[dict]) -> str:
                                             eos_token=token("tokenizer.ggml.eos_token_id"))
 
 
-def gguf_perplexity(gguf_path: str | Path, conversations: list[list[dict]], max_tokens: int = MAX_TOKENS) -> dict:
-    """Loss/perplexity from llama.cpp's logits for every position of each conversation."""
+def gguf_perplexity(gguf_path: str | Path, conversations: list[list[dict]], max_tokens: int = MAX_TOKENS,
+                    lora: str | Path | None = None) -> dict:
+    """Loss/perplexity from llama.cpp's logits for every position of each conversation; `lora` is a LoRA
+    GGUF applied at load (a LoRA-only export: without it the base model would be measured)."""
     import numpy as np
     from llama_cpp import Llama
 
     from core.inference.engine import cpu_threads
 
     started = time.perf_counter()
-    llm = Llama(str(gguf_path), n_ctx=max_tokens, n_batch=max_tokens, logits_all=True,
-                n_threads=cpu_threads(), verbose=False)
+    llm = Llama(str(gguf_path), lora_path=str(lora) if lora else None, n_ctx=max_tokens, n_batch=max_tokens,
+                logits_all=True, n_threads=cpu_threads(), verbose=False)
     nll_sum, tokens = 0.0, 0
     try:
         for messages in conversations:
@@ -125,7 +127,7 @@ def gguf_perplexity(gguf_path: str | Path, conversations: list[list[dict]], max_
 def model_perplexity(model, conversations: list[list[dict]], max_tokens: int = MAX_TOKENS) -> dict:
     """Dispatch on a ChatModel's kind: 'gguf', 'hf' or 'adapter' (on its base)."""
     if model.kind == "gguf":
-        return gguf_perplexity(model.path, conversations, max_tokens)
+        return gguf_perplexity(model.path, conversations, max_tokens, lora=model.lora or None)
     if model.kind == "adapter":
         from core import models
 
@@ -134,21 +136,33 @@ def model_perplexity(model, conversations: list[list[dict]], max_tokens: int = M
 
 
 def evaluate_models(folder: Path, plan, available: dict) -> list[dict]:
-    """Held-out metrics for each plan model not yet measured on this dataset/row count (resumable)."""
+    """Held-out metrics for each plan model not yet measured on this dataset/row count (resumable).
+
+    A model that fails (a template llama.cpp cannot render, too little RAM) does not stop the others;
+    once they are measured, one IrisError names every model that failed and why."""
     from core.paths import append_jsonl, read_jsonl
 
     conversations = heldout_rows(plan.heldout_dataset, plan.heldout_rows)
     done = {(r["model"], r["dataset"], r["rows"]) for r in read_jsonl(Path(folder) / METRICS)}
-    out = []
+    out, failed = [], []
     for model_id in plan.models:
         if (model_id, plan.heldout_dataset, len(conversations)) in done:
             continue
-        result = {"model": model_id, "dataset": plan.heldout_dataset,
-                  **model_perplexity(available[model_id], conversations), "created": time.time()}
+        try:
+            measured = model_perplexity(available[model_id], conversations)
+        except Exception as err:  # recorded per model; the caller decides what a failed metric means
+            why = " ".join((str(err) if isinstance(err, IrisError) else f"{type(err).__name__}: {err}").split())
+            failed.append(f"{model_id} ({why})")
+            print(f"held-out {model_id} failed: {why}", flush=True)
+            continue
+        result = {"model": model_id, "dataset": plan.heldout_dataset, **measured, "created": time.time()}
         result["rows"] = len(conversations)
         append_jsonl(Path(folder) / METRICS, result)
         print(f"held-out {model_id}: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}", flush=True)
         out.append(result)
+    if failed:
+        raise IrisError(f"held-out loss failed for {'; '.join(failed)}"
+                        + (f"; measured {len(out)} other model(s)." if out else "."))
     return out
 
 

@@ -26,6 +26,7 @@ from core.evaluate.questions import QuestionSet, load_set
 from core.paths import check_name, evals_dir
 
 PLAN, ANSWERS = "plan.yaml", "answers.jsonl"
+HELDOUT_METRIC, JUDGE_METRIC = "held-out loss", "automatic judge"  # metric names, as status.json's `metric_errors` keys them
 DECODING_FIELDS = ("temperature", "top_p", "top_k", "repeat_penalty", "max_new_tokens", "seed")
 
 

@@ -47,12 +47,38 @@ def blind_view(answer: dict) -> dict:
     return {"answer_id": answer["answer_id"], "text": answer["text"]}
 
 
-def save_score(folder: Path, answer_id: str, scores: dict, notes: str = "", rater: str = "") -> dict:
-    """Validate four 1–5 integers and append them for `answer_id` (the latest score per rater counts)."""
+def blind_order(answers: list[dict], question_ids: list[str], session_seed: int) -> list[dict]:
+    """Every answer in scoring order: question by question (the set's order), each question's blind queue."""
+    return [a for qid in question_ids for a in blind_queue(answers, qid, session_seed)]
+
+
+def next_unscored(order: list[dict], scored: set[str], after: str | None = None) -> str | None:
+    """The first answer id in `order` not in `scored`, looking after `after` first and then from the top."""
+    ids = [a["answer_id"] for a in order]
+    start = ids.index(after) + 1 if after in ids else 0
+    return next((aid for aid in ids[start:] + ids[:start] if aid not in scored), None)
+
+
+def rater_scores(folder: Path, rater: str = "") -> dict[str, dict]:
+    """{answer_id: this rater's latest score record}."""
+    rater = (rater or "").strip()
+    return {s["answer_id"]: s for s in latest_scores(folder) if s.get("rater", "") == rater}
+
+
+def save_score(folder: Path, answer_id: str, scores: dict, notes: str = "", rater: str = "",
+               replace: bool = False) -> dict:
+    """Validate four 1–5 integers and append them for `answer_id` (the latest score per rater counts).
+
+    A rater's earlier score of the same answer is replaced only with `replace=True`: a score is never
+    overwritten unnoticed."""
     folder = Path(folder)
     known = {a["answer_id"] for a in read_answers(folder)}
     if answer_id not in known:
         raise IrisError(f"answer {answer_id!r} is not in {folder.name}'s answers: reload the page.")
+    earlier = rater_scores(folder, rater).get(answer_id)
+    if earlier is not None and not replace:
+        raise IrisError(f"you already scored this answer {earlier['total']}/{MAX_TOTAL}: "
+                        "confirm that the new score replaces it.")
     record = {"answer_id": answer_id, "rater": (rater or "").strip()}
     for name in CRITERIA:
         value = scores.get(name)
@@ -73,7 +99,7 @@ def latest_scores(folder: Path, file: str = SCORES) -> list[dict]:
 
 
 def scored_ids(folder: Path, rater: str = "") -> set[str]:
-    return {s["answer_id"] for s in latest_scores(folder) if s.get("rater", "") == (rater or "").strip()}
+    return set(rater_scores(folder, rater))
 
 
 def answers_frame(folder: Path):
@@ -85,6 +111,7 @@ def answers_frame(folder: Path):
         return pd.DataFrame()
     df = pd.DataFrame(answers)
     df["file_mb"] = df["file_bytes"] / 2**20
+    df["short"] = [short_label(m, lin) for m, lin in zip(df["model"], df.get("lineage", [None] * len(df)))]
     human = pd.DataFrame(latest_scores(folder))
     if len(human):
         means = human.groupby("answer_id")[[*CRITERIA, "total"]].mean()
@@ -96,6 +123,10 @@ def answers_frame(folder: Path):
             df[col] = None
     judge = pd.DataFrame(latest_scores(folder, JUDGE))
     df["judge_total"] = df["answer_id"].map(judge.groupby("answer_id")["total"].mean()) if len(judge) else None
+    df["judged"] = df["answer_id"].isin(set(judge["answer_id"])) if len(judge) else False
+    # Answer tokens per second of the whole request (prompt reading included): what a user waits for.
+    df["wall_tok_s"] = pd.to_numeric(df["completion_tokens"], errors="coerce") / pd.to_numeric(
+        df.get("wall_s", pd.Series(None, index=df.index)), errors="coerce")
     return df
 
 
@@ -112,9 +143,11 @@ def results_table(folder: Path):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     grouped = df.groupby(["model", "setting"], sort=False)
     out = grouped.agg(
-        label=("model_label", "first"), answers=("answer_id", "count"), scored=("total", "count"),
+        short=("short", "first"), label=("model_label", "first"), path=("model_path", "first"),
+        answers=("answer_id", "count"), scored=("total", "count"),
         human_total=("total", "mean"), **{c: (c, "mean") for c in CRITERIA},
-        judge_total=("judge_total", "mean"), gen_tok_s=("gen_tok_s", "mean"),
+        judge_total=("judge_total", "mean"), judged=("judged", "sum"), judge_graded=("judge_total", "count"),
+        gen_tok_s=("gen_tok_s", "mean"), wall_tok_s=("wall_tok_s", "mean"),
         completion_tokens=("completion_tokens", "mean"), words=("words", "mean"),
         file_mb=("file_mb", "first"), rss_mb=("rss_mb", "max"),
     ).reset_index()
@@ -122,6 +155,47 @@ def results_table(folder: Path):
     out["heldout_loss"] = out["model"].map(lambda m: metrics.get(m, {}).get("loss"))
     out["perplexity"] = out["model"].map(lambda m: metrics.get(m, {}).get("perplexity"))
     return out.round(3)
+
+
+def short_label(model_id: str, lineage: dict | None = None) -> str:
+    """A model's name short enough for a table column: export · quant, run@checkpoint, a file's name."""
+    lineage = lineage or {}
+    if model_id.startswith("export:"):
+        export, _, file = model_id.removeprefix("export:").partition("/")
+        return f"{export} · {lineage.get('quant') or file}" + (" + LoRA" if lineage.get("lora") else "")
+    if model_id.startswith(("run:", "model:")):
+        return model_id.split(":", 1)[1]
+    return Path(model_id).name if "/" in model_id else model_id
+
+
+# results_table column → (header, what it measures): the page's table leads with the scores.
+RESULT_COLUMNS = {
+    "short": ("model", "Short name; the full label and path are in the last columns."),
+    "setting": ("setting", "Decoding setting (A: temperature 0.2 / top-p 0.7; B: 0.7 / 0.9)."),
+    "human_total": ("human (of 20)", "Mean blind rubric score of the answers scored so far."),
+    "judge_total": ("judge (of 20)", "Mean automatic-judge score of the answers it could grade (not a human)."),
+    "scored": ("scored", "Answers with a human score."),
+    "judge_graded": ("judge graded", "Answers the automatic judge gave a parseable grade."),
+    "answers": ("answers", "Answers generated."),
+    "perplexity": ("held-out perplexity", "exp(held-out loss) on the plan's dataset; lower is better."),
+    "heldout_loss": ("held-out loss", "Mean negative log-likelihood per token (nats) on the eval split."),
+    "gen_tok_s": ("gen tok/s", "Answer tokens per second after the first token: the same measure as Chat's "
+                  "tok/s, but taken in the background job (no page streaming, short prompt, nothing else "
+                  "running), so usually higher than what Chat shows for a long conversation."),
+    "wall_tok_s": ("tok/s incl. prompt", "Answer tokens divided by the whole request's time, reading the "
+                   "prompt included: what waiting for an answer feels like."),
+    "completion_tokens": ("answer tokens", "Mean answer length in tokens."),
+    "file_mb": ("file MiB", "Model weights on disk (adapter plus base for adapters)."),
+    "rss_mb": ("RAM MiB", "Peak resident memory of the job process while answering."),
+    "label": ("label", "The model's full label, as Chat lists it."),
+    "path": ("path", "Where the model's weights are."),
+}
+
+
+def results_view(results):
+    """results_table with the scores first and readable headers (the page adds RESULT_COLUMNS' help)."""
+    cols = [c for c in RESULT_COLUMNS if c in results.columns]
+    return results[cols].rename(columns={c: RESULT_COLUMNS[c][0] for c in cols})
 
 
 def export_csv(folder: Path) -> str:
@@ -152,10 +226,28 @@ def score_chart(results):
 
 QUALITY = {"human_total": "human rubric (of 20)", "judge_total": "automatic judge (of 20)",
            "perplexity": "held-out perplexity (lower is better)"}
-EFFICIENCY = {"gen_tok_s": "generation speed (tokens/s, CPU)", "file_mb": "model files (MiB)"}
+EFFICIENCY = {"gen_tok_s": "generation speed (tokens/s after the first, CPU)",
+              "wall_tok_s": "answer speed incl. prompt (tokens/s, CPU)", "file_mb": "model files (MiB)"}
 
 
-def quality_efficiency_chart(results, quality: str = "human_total", efficiency: str = "gen_tok_s"):
+def missing_reason(results, quality: str, metric_errors: dict | None = None) -> str:
+    """Why no model has `quality` yet: the metric failed, the judge graded nothing, or it was not planned."""
+    from core.evaluate.plan import HELDOUT_METRIC as HELDOUT
+    from core.evaluate.plan import JUDGE_METRIC
+
+    metric = {"judge_total": JUDGE_METRIC, "perplexity": HELDOUT}.get(quality)
+    if metric and (metric_errors or {}).get(metric):
+        return f"no model has a {QUALITY[quality]}: the {metric} failed ({metric_errors[metric]})."
+    if quality == "judge_total" and "judged" in results and results["judged"].sum() > 0:
+        return (f"the automatic judge replied to {int(results['judged'].sum())} answers but gave no parseable "
+                "grade: pick a larger judge model (1B or more) in the plan.")
+    if quality == "human_total":
+        return "no answer has a human score yet: score some on the Score (blind) tab."
+    return f"no model has a {QUALITY[quality]} yet: add that metric to the plan."
+
+
+def quality_efficiency_chart(results, quality: str = "human_total", efficiency: str = "gen_tok_s",
+                             metric_errors: dict | None = None):
     """One point per model/setting: quality against speed or size, so 'better but slower' is a picture."""
     import plotly.express as px
 
@@ -163,7 +255,7 @@ def quality_efficiency_chart(results, quality: str = "human_total", efficiency: 
         raise IrisError(f"pick quality from {list(QUALITY)} and efficiency from {list(EFFICIENCY)}.")
     data = results.dropna(subset=[quality, efficiency])
     if data.empty:
-        raise IrisError(f"no model has a {QUALITY[quality]} yet: score some answers or add that metric to the plan.")
+        raise IrisError(missing_reason(results, quality, metric_errors))
     fig = px.scatter(data, x=efficiency, y=quality, color="label", symbol="setting", text="setting",
                      hover_data=["model", "answers", "scored", "completion_tokens", "rss_mb"],
                      labels={quality: QUALITY[quality], efficiency: EFFICIENCY[efficiency], "label": "model"})
@@ -177,3 +269,20 @@ def progress(folder: Path, rater: str = "") -> tuple[int, int]:
     total = len(read_answers(folder))
     return len(scored_ids(folder, rater) & {a["answer_id"] for a in read_answers(folder)}), total
 
+
+
+def judge_answers(folder: Path):
+    """One row per answer the automatic judge replied to: model, setting, question, grade or why none."""
+    import pandas as pd
+
+    by_id = {a["answer_id"]: a for a in read_answers(folder)}
+    rows = []
+    for rec in latest_scores(folder, JUDGE):
+        ans = by_id.get(rec["answer_id"])
+        if ans is None:
+            continue
+        why = rec.get("ungraded") or ("" if rec.get("total") is not None else "no parseable grade")
+        rows.append({"model": short_label(ans["model"], ans.get("lineage")), "setting": ans["setting"],
+                     "question": ans["question_id"], "judge": rec.get("judge", ""),
+                     "judge (of 20)": rec.get("total"), "not graded because": why, "judge's reply": rec.get("reply", "")})
+    return pd.DataFrame(rows)
