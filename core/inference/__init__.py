@@ -25,7 +25,7 @@ from core.inference.cache import (  # noqa: F401
                                   loaded_engines,
                                   open_engine,
 )
+from core.inference.catalog import ChatModel, default_model, embedded_model, find_model, list_chat_models  # noqa: F401
 from core.inference.chat_tokens import encode_chat, tokenize_chat  # noqa: F401
-from core.inference.catalog import ChatModel, embedded_model, find_model, list_chat_models  # noqa: F401
 from core.inference.engine import Answer, Engine, Stats, Stream, cpu_threads  # noqa: F401
 from core.inference.settings import PRESETS, DecodingSettings, preset  # noqa: F401

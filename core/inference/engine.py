@@ -163,6 +163,7 @@ class Stream:
         self._turn = threading.Event()  # the worker has the model (or gave up waiting)
         self._pieces: queue.Queue = queue.Queue()
         self._read_at = 0.0  # time.monotonic() of the reader's last piece
+        self._backlog_since = 0.0  # time.monotonic() when unread pieces last started to pile up
         self._worker: threading.Thread | None = None
         self._reader: Iterator[str] | None = None
         self._error: BaseException | None = None
@@ -182,6 +183,7 @@ class Stream:
         """Queue this answer on the engine (iterating starts it too); returns self."""
         if self._worker is None:
             self.engine.check_alive()
+            self.engine.join_line(self)
             self._worker = threading.Thread(target=self._work, name="iris-generate", daemon=True)
             self._worker.start()
         return self
@@ -232,14 +234,18 @@ class Stream:
             self._turn.set()
             self._pieces.put(_DONE)
 
-    def _abandoned(self, since: float) -> bool:
-        """Pieces are waiting and the reader has taken none for ABANDON_S (it will never come back)."""
-        return self._pieces.qsize() > 0 and time.monotonic() - max(self._read_at, since) > ABANDON_S
+    def _put(self, text: str) -> None:
+        if self._pieces.qsize() == 0:
+            self._backlog_since = time.monotonic()
+        self._pieces.put(text)
+
+    def _abandoned(self) -> bool:
+        """Pieces are waiting and the reader has taken none for ABANDON_S since they did (it is gone)."""
+        return self._pieces.qsize() > 0 and time.monotonic() - max(self._read_at, self._backlog_since) > ABANDON_S
 
     def _generate(self) -> None:
         engine, st = self.engine, self.stats
         t0 = time.perf_counter() - self._prep_s
-        began = time.monotonic()
         t_first = None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         parts: list[str] = []
@@ -253,8 +259,8 @@ class Stream:
                 text = decoder.decode(piece)
                 if text:
                     parts.append(text)
-                    self._pieces.put(text)
-                if self.should_stop() or self._abandoned(began):
+                    self._put(text)
+                if self.should_stop() or self._abandoned():
                     st.finish_reason = "stopped"
                     break
             else:
@@ -262,7 +268,7 @@ class Stream:
             tail = decoder.decode(b"", final=True)
             if tail:
                 parts.append(tail)
-                self._pieces.put(tail)
+                self._put(tail)
         finally:
             t_end = time.perf_counter()
             self.text = "".join(parts)
@@ -312,10 +318,14 @@ class Engine:
         return Stream(self, messages, settings, stop_event)
 
     # -- the queue of answers: first come, first served --
+    def join_line(self, stream: Stream) -> None:
+        """Put `stream` at the end of the line (on the requesting thread, so the line keeps request order)."""
+        with self._line:
+            self._waiting.append(stream)
+
     def take_turn(self, stream: Stream) -> bool:
         """Wait until `stream` is first in line and nothing is generating; False if its reader left first."""
         with self._line:
-            self._waiting.append(stream)
             try:
                 while self._busy is not None or self._waiting[0] is not stream:
                     if stream.should_stop():
