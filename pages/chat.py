@@ -103,8 +103,9 @@ with tab_chat:
             record = transcripts.answer_message("", {"finish_reason": "stopped"}, stream.note, model_id, settings, choice)
             try:
                 chat_ui.stream_answer(stream, lambda text: ss.update(partial={**record, "content": text}))
-            except IrisError as err:
-                ss.update(partial=None, chat_error=str(err))
+            except IrisError as err:  # failed mid-answer (model deleted?): unsend the message, keep its text
+                ss.messages.pop()
+                ss.update(partial=None, chat_error=str(err), refill=prompt)
                 st.rerun()
         ss.messages.append(transcripts.answer_message(stream.text, stream.stats.to_dict(), stream.note, model_id,
                                                       settings, choice))

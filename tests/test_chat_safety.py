@@ -51,9 +51,11 @@ def test_a_stream_abandoned_in_one_thread_and_finalised_in_another_frees_the_mod
     sys.unraisablehook = lambda u: unraisable.append(u)
     try:
         holder: dict = {}
+        streams: list = []  # the Stream itself may stay referenced: only its reader is dropped
 
         def reader():  # reads a few pieces, then walks away with the iterator still alive
-            it = iter(smol.stream(STORY, LONG))
+            streams.append(smol.stream(STORY, LONG))
+            it = iter(streams[0])
             for _, piece in zip(range(3), it):
                 pass
             holder["it"] = it
@@ -70,8 +72,11 @@ def test_a_stream_abandoned_in_one_thread_and_finalised_in_another_frees_the_mod
         f = threading.Thread(target=finaliser)
         f.start()
         f.join()
-        freed = _free_within(smol, 1.0)
-        assert freed is not None, "an abandoned stream kept the model for over a second"
+        freed = _free_within(smol, 30.0)
+        st = streams[0].stats
+        per_token = (st.total_s - st.ttft_s) / max(1, st.completion_tokens - 1)  # s, on this (shared) machine
+        assert freed is not None and freed < max(1.0, 3 * per_token), (freed, per_token)
+        assert st.finish_reason == "stopped" and st.completion_tokens < LONG.max_new_tokens
         answer = _answers_within(smol, 60)
         assert answer is not None and answer.text.strip()
         assert not [u for u in unraisable if "lock" in str(u.exc_value)]
@@ -87,7 +92,7 @@ def test_stop_and_an_unread_stream_free_the_model(smol):
     s.stop()  # the Stop button: ends at the next token, what arrived is kept
     rest = "".join(it)
     assert s.stats.finish_reason == "stopped" and s.text.startswith(first) and (first + rest) == s.text
-    assert s.stats.completion_tokens < 40 and _free_within(smol, 1.0) is not None
+    assert s.stats.completion_tokens < 40 and _free_within(smol, 5.0) is not None
     # a reader that started an answer and never read it again (a tab closed mid-answer, never collected)
     never = smol.stream(STORY, LONG).start()
     assert never.wait_turn(30)

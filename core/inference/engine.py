@@ -23,6 +23,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -165,7 +166,9 @@ class Stream:
         self._read_at = 0.0  # time.monotonic() of the reader's last piece
         self._backlog_since = 0.0  # time.monotonic() when unread pieces last started to pile up
         self._worker: threading.Thread | None = None
-        self._reader: Iterator[str] | None = None
+        # The reader's generator, weakly: the worker thread holds this Stream, so a strong reference
+        # would keep a dropped reader alive (never finalised) for as long as the worker runs.
+        self._reader: weakref.ref | None = None
         self._error: BaseException | None = None
 
     def stop(self) -> None:
@@ -199,10 +202,13 @@ class Stream:
         return self._turn.wait(timeout)
 
     def __iter__(self) -> Iterator[str]:
-        # One generation per Stream: iter() again (st.write_stream does) continues the same one.
+        # One generation per Stream: iter() again (st.write_stream does) continues the same one; once
+        # that reader is gone (dropped, finalised), the answer was abandoned and there is nothing more.
         if self._reader is None:
-            self._reader = self._read()
-        return self._reader
+            reader = self._read()
+            self._reader = weakref.ref(reader)
+            return reader
+        return self._reader() or iter(())
 
     def _read(self) -> Iterator[str]:
         self.start()
