@@ -156,4 +156,5 @@ def test_a_cut_answer_says_so_and_continues_and_a_refused_message_stays_in_the_b
     too_long = "word " * 6000  # longer than the 4096-token context
     at.chat_input[0].set_value(too_long).run()
     assert not at.exception and len(at.error) == 1 and "context" in at.error[0].value
-    assert at.session_state.chat_box == too_long and len(at.session_state.messages) == 4
+    box = at.chat_input[0].proto  # the text is put back into the chat box (not submitted again)
+    assert box.set_value and box.value == too_long and len(at.session_state.messages) == 4
