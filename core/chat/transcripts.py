@@ -166,7 +166,6 @@ def record_vote(transcript_id: str, position: int) -> dict:
         raise IrisError(f"answer {position + 1} does not exist: pick one of 1..{len(blind['order'])}.")
     cell = blind["order"][position]
     blind.update(choice=position, preferred_cell=cell,
-                 preferred={"model": t["cells"][cell]["model"]["id"], "label": t["cells"][cell]["model"]["label"],
-                            "setting": t["cells"][cell]["setting"]})
+                 preferred={"model": t["cells"][cell]["model"]["id"], "setting": t["cells"][cell]["setting"]})
     write_json(transcripts_dir() / f"{t['id']}.json", t)
     return t
