@@ -47,6 +47,11 @@ def _send(page, text: str) -> None:
     box.press("Enter")
 
 
+def _button(page, label: str):
+    """A Streamlit button by its exact text (the toolbar's own "Stop" and dropdown "Open" icons excluded)."""
+    return page.get_by_test_id("stButton").filter(has_text=re.compile(f"^{label}$")).first
+
+
 def _open_chat(page, url: str) -> None:
     page.goto(url)
     page.get_by_role("link", name="Chat").first.click()
@@ -70,7 +75,7 @@ def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(tmp_path, monkey
         # reopen: the Model selector follows the last answer, the text reads back exactly as written
         sidebar.get_by_label("Saved", exact=True).click()
         a.get_by_role("option", name=re.compile("Show your working")).first.click()
-        a.get_by_role("button", name="Open").click()
+        sidebar.get_by_test_id("stButton").filter(has_text=re.compile(r"^Open$")).click()
         expect(sidebar.get_by_text(re.compile("Reopened a chat"))).to_be_visible()
         model_shown(a, EMBEDDED_LABEL)
         answer = a.get_by_test_id("stChatMessage").nth(1)
@@ -82,11 +87,11 @@ def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(tmp_path, monkey
         expect(a.get_by_test_id("stChatMessage").nth(3)).to_contain_text(f"Model: {EMBEDDED_LABEL}")
 
         # Stop ~1 s into a long answer, then the next message is answered by the same model
-        a.get_by_role("button", name="New chat").click()
+        _button(a, "New chat").click()
         _send(a, "Write a very long story about a dragon who learns to count.")
-        a.get_by_role("button", name="Stop").wait_for()
+        _button(a, "Stop").wait_for()
         time.sleep(1.0)
-        a.get_by_role("button", name="Stop").click()
+        _button(a, "Stop").click()
         expect(a.get_by_text("⚠ stopped")).to_be_visible(timeout=60_000)
         t0 = time.time()
         _send(a, "What is the capital of France? Answer in one word.")
@@ -99,9 +104,9 @@ def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(tmp_path, monkey
         _open_chat(b, url)
         b.get_by_test_id("stSidebar").get_by_label("Model", exact=True).click()  # the model session a uses
         b.get_by_role("option", name=EMBEDDED_LABEL).click()
-        a.get_by_role("button", name="New chat").click()
+        _button(a, "New chat").click()
         _send(a, "Write a very long story about a dragon who learns to count.")
-        a.get_by_role("button", name="Stop").wait_for()
+        _button(a, "Stop").wait_for()
         _send(b, "What is the capital of France? Answer in one word.")
         expect(b.get_by_text(re.compile(r"Queued: 1 answer\(s\) ahead"))).to_be_visible(timeout=60_000)
         expect(a.get_by_text(re.compile("tok/s"))).to_be_visible(timeout=300_000)

@@ -121,7 +121,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_role("heading", name="Chat").first.wait_for(timeout=120_000)
     sidebar.get_by_label("Saved", exact=True).click()
     page.get_by_role("option", name=re.compile(r"chat · Is 84")).first.click()
-    page.get_by_role("button", name="Open").click()
+    sidebar.get_by_test_id("stButton").filter(has_text=re.compile(r"^Open$")).click()
     model_shown(page, "q4_k_m.gguf")
     question = page.get_by_test_id("stChatMessage").first
     expect(question).to_contain_text("Is 84 = 2*17 + 3 * 5 + 35?")
