@@ -29,6 +29,7 @@ def test_a_path_and_an_id_of_a_lora_only_export_give_the_same_answer(llama3_256,
     make_run(runs_dir(), "lo", str(llama3_256), llama3_256, checkpoints=(), final=True)
     folder = export_main(ExportConfig(source="lo", quants=["f16"], mode="lora"))
     path, lora = folder / "lo-f16.gguf", folder / "lo-lora-f16.gguf"
+    capsys.readouterr()  # the export's own log
     by_path = inference.find_model(str(path))
     assert by_path.lora == str(lora) and by_path.id == "export:lo/lo-f16.gguf" and by_path.lineage["run"] == "lo"
     outputs = []
