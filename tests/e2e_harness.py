@@ -57,3 +57,15 @@ def running_app(home: Path, timeout_s: float = 900):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def model_shown(page, text: str, timeout_s: float = 120) -> None:
+    """Wait until the sidebar's Model selectbox shows `text` (as text or as its input's value)."""
+    box = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first
+    shown, deadline = "", time.time() + timeout_s
+    while time.time() < deadline:
+        shown = box.evaluate("e => e.innerText + ' ' + [...e.querySelectorAll('input')].map(i => i.value).join(' ')")
+        if text in shown:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Model selectbox shows {shown!r}, not {text!r}")

@@ -69,10 +69,15 @@ def test_follow_up_reuses_kv_cache_and_matches_cold_answer(engine):
 def test_stop_flag(engine):
     s = engine.stream(compare.compare_messages("", "Write a long story about a dragon."),
                       inference.DecodingSettings(temperature=0.0, max_new_tokens=100))
-    for i, _ in enumerate(s):
+    pieces = []
+    for i, piece in enumerate(s):
+        pieces.append(piece)
         if i == 2:
             s.stop()
-    assert s.stats.finish_reason == "stopped" and s.stats.completion_tokens == 3
+    # the worker generates ahead of the reader, so it stops within a few tokens of the reader's stop;
+    # the reader still gets every piece generated
+    assert s.stats.finish_reason == "stopped" and 3 <= s.stats.completion_tokens < 12
+    assert "".join(pieces) == s.text
 
 
 def test_concurrent_threads_keep_their_own_answers(engine):

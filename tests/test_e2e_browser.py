@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app
+from tests.e2e_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, model_shown, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
@@ -107,3 +107,23 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     shot(page, "5-chat-compare")
     answers = page.get_by_text(re.compile(r"tok/s"))
     expect(answers.first).to_be_visible()
+
+    # Chat: a message with arithmetic to the default model (the newest export), then the chat reopened after
+    # a reload: the Model selector follows the transcript and `2*17` reads back as written (no italics).
+    page.get_by_role("tab", name="Chat").click()
+    sidebar = page.get_by_test_id("stSidebar")
+    model_shown(page, "q4_k_m.gguf")
+    box = page.get_by_placeholder("Ask something")
+    box.fill("Is 84 = 2*17 + 3 * 5 + 35? Answer yes or no.")
+    box.press("Enter")
+    expect(page.get_by_test_id("stChatMessage").nth(1)).to_contain_text("tok/s", timeout=600_000)
+    page.reload()
+    page.get_by_role("heading", name="Chat").first.wait_for(timeout=120_000)
+    sidebar.get_by_label("Saved", exact=True).click()
+    page.get_by_role("option", name=re.compile(r"chat · Is 84")).first.click()
+    sidebar.get_by_test_id("stButton").filter(has_text=re.compile(r"^Open$")).click()
+    model_shown(page, "q4_k_m.gguf")
+    question = page.get_by_test_id("stChatMessage").first
+    expect(question).to_contain_text("Is 84 = 2*17 + 3 * 5 + 35?")
+    assert question.locator("em, strong").count() == 0
+    shot(page, "6-chat-reopened")

@@ -91,6 +91,22 @@ def list_chat_models() -> list[ChatModel]:
     return out
 
 
+def default_model(models: list[ChatModel]) -> ChatModel:
+    """The model a chat starts with: a GGUF of the newest finished export (the smallest file: fastest on a
+    CPU), else the first listed (the embedded model)."""
+    def finished(m: ChatModel) -> float:
+        info = exports_dir() / m.lineage["export"] / "export.json"
+        return info.stat().st_mtime if info.is_file() else -1.0
+
+    ggufs = [m for m in models if m.kind == "gguf" and m.lineage.get("export")]
+    stamped = [(finished(m), m) for m in ggufs]
+    stamped = [(t, m) for t, m in stamped if t >= 0]
+    if not stamped:
+        return models[0]
+    newest = max(t for t, _ in stamped)
+    return min((m for t, m in stamped if t == newest), key=lambda m: Path(m.path).stat().st_size)
+
+
 def _export_ggufs(folder: Path, info: dict, lineage: dict) -> list[ChatModel]:
     """The chat models among an export's GGUFs.
 
@@ -140,6 +156,10 @@ def find_model(model_id: str) -> ChatModel:
             return m
     path = Path(model_id).expanduser()
     if path.exists():
+        # A path to a listed model is that model: a LoRA-only export's base GGUF keeps its LoRA, lineage is kept.
+        for m in models:
+            if Path(m.path).resolve() == path.resolve():
+                return m
         return _from_path(path.resolve())
     known = ", ".join(m.id for m in models)
     raise IrisError(f"no model {model_id!r} (it may have been deleted). Known models: {known}.")

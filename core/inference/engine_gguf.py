@@ -17,11 +17,13 @@ prompt's tokens or to plain tokenisation, which is always correct.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from core.errors import IrisError
+from core.inference.chat_tokens import protect, restore
 from core.inference.engine import MAX_CTX, Engine, Stream, _check_ram, cpu_threads
 
 if TYPE_CHECKING:
@@ -43,6 +45,21 @@ def check_gguf(path: Path) -> None:
                         "re-export it, or pick another model.")
 
 
+def _control_tokens(llm) -> dict[str, int]:
+    """The GGUF's control-token strings → ids: what llama.cpp parses only with special=True."""
+    import llama_cpp
+
+    vocab, model = llm._model.vocab, llm._model
+    wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    out: dict[str, int] = {}
+    for i in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+        if llama_cpp.llama_vocab_get_attr(vocab, i) & wanted:
+            text = model.token_get_text(i)
+            if text:
+                out.setdefault(text, i)
+    return out
+
+
 @dataclass
 class _Turn:
     """An answered turn, as the KV cache saw it."""
@@ -50,7 +67,7 @@ class _Turn:
     messages: list[dict]
     """The chat as prompted (after trimming to the context)."""
     text: str
-    """Its prompt as rendered by the template."""
+    """Its prompt as rendered by the template, message contents protected (core.inference.chat_tokens)."""
     prompt_tokens: list[int]
     answer: str
     """The answer's text as generated (and shown)."""
@@ -62,10 +79,11 @@ class _Turn:
         n = len(self.messages)
         return messages[:n + 1] == self.messages + [{"role": "assistant", "content": self.answer}]
 
-    def written_answer(self, after: str) -> str | None:
-        """How the template wrote this answer at the start of `after` (the rendered text following this
-        turn's prompt): as generated, or with its leading/trailing whitespace trimmed; None if neither."""
-        for written in (self.answer, self.answer.strip(), self.answer.lstrip(), self.answer.rstrip()):
+    def written_answer(self, after: str, specials: dict[str, int]) -> str | None:
+        """How the template wrote this answer (protected) at the start of `after` (the rendered text following
+        this turn's prompt): as generated, or with its leading/trailing whitespace trimmed; None if neither."""
+        answer = protect([{"content": self.answer}], specials)[0]["content"]
+        for written in (answer, answer.strip(), answer.lstrip(), answer.rstrip()):
             if written and after.startswith(written):
                 return written
         return None
@@ -100,11 +118,13 @@ class GGUFEngine(Engine):
         m = self.llm._model
         bos, eos = self.llm.token_bos(), self.llm.token_eos()
         self.bos_text = m.token_get_text(bos) if bos >= 0 else ""
+        self.specials = _control_tokens(self.llm)
         self.formatter = llama_chat_format.Jinja2ChatFormatter(
             template=template, eos_token=m.token_get_text(eos) if eos >= 0 else "", bos_token=self.bos_text)
         self.n_ctx = min(self.llm.n_ctx(), m.n_ctx_train() or self.llm.n_ctx())
         self.ram_bytes = size + self._kv_bytes(md)
-        self._turns: list[_Turn] = []  # oldest first; guarded by self.lock
+        self._turns: list[_Turn] = []  # oldest first; guarded by self._turns_lock
+        self._turns_lock = threading.Lock()  # prompts are prepared while another answer generates
         self._out: list[int] = []
 
     def _kv_bytes(self, md: dict) -> int:
@@ -121,7 +141,7 @@ class GGUFEngine(Engine):
 
     def reset_cache(self) -> None:
         """Forget the KV cache and remembered turns: the next prompt is evaluated cold."""
-        with self.lock:
+        with self.lock, self._turns_lock:
             self.llm.reset()
             self._turns.clear()
 
@@ -130,21 +150,31 @@ class GGUFEngine(Engine):
         return self.formatter(messages=messages).prompt
 
     def tokenize(self, text: str) -> list[int]:
-        """Plain tokenisation of a rendered prompt."""
-        # The template usually writes BOS itself; add it only when it did not and the model wants one.
-        add_bos = not (self.bos_text and text.startswith(self.bos_text))
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        """Tokenisation of template text (special-token strings parsed), with BOS as `bos_prefix` says."""
+        return self.bos_prefix(text) + self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def tokenize_plain(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def bos_prefix(self, text: str) -> list[int]:
+        # The template usually writes BOS itself; add it only when it did not and the model wants one
+        # (llama.cpp adds BOS to an empty text exactly when the GGUF asks for it).
+        if self.bos_text and text.startswith(self.bos_text):
+            return []
+        return self.llm.tokenize(b"", add_bos=True, special=False)
 
     def encode(self, messages: list[dict]) -> tuple[str, list[int]]:
         """(rendered prompt, its tokens), starting with a remembered turn's exact tokens where the chat
-        continues it (see the module docstring). Call under self.lock."""
-        text = self.render(messages)
+        continues it (see the module docstring); contents are protected as in Engine.encode."""
+        text = self.render(protect(messages, self.specials))
         best: tuple[list[int], str] | None = None  # (reused tokens, text still to tokenise)
-        for turn in self._turns:
+        with self._turns_lock:
+            turns = list(self._turns)
+        for turn in turns:
             if not text.startswith(turn.text):
                 continue
             after = text[len(turn.text):]
-            written = turn.written_answer(after) if turn.continued_by(messages) else None
+            written = turn.written_answer(after, self.specials) if turn.continued_by(messages) else None
             if written is None:
                 reused, rest = turn.prompt_tokens, after
             else:
@@ -152,13 +182,9 @@ class GGUFEngine(Engine):
             if best is None or len(reused) > len(best[0]):
                 best = (reused, rest)
         if best is None:
-            return text, self.tokenize(text)
+            return restore(text, self.specials), self.bos_prefix(text) + self.tokenize_protected(text)
         reused, rest = best
-        return text, reused + (self.llm.tokenize(rest.encode("utf-8"), add_bos=False, special=True) if rest else [])
-
-    def prepare(self, messages, settings):
-        with self.lock:  # encode reads the remembered turns, which sessions share
-            return super().prepare(messages, settings)
+        return restore(text, self.specials), reused + (self.tokenize_protected(rest) if rest else [])
 
     # -- generation (called under self.lock) --
     def _cached_prefix(self, tokens: list[int]) -> int:
@@ -198,7 +224,9 @@ class GGUFEngine(Engine):
         # Remember this turn's exact tokens for the next prompt (see the module docstring); the turns
         # this one continues are covered by it and go, and the least recently answered beyond
         # REMEMBERED_TURNS go too.
-        turn = _Turn(list(stream.messages), stream.prompt_text, list(stream.tokens), stream.text, list(self._out))
-        kept = [t for t in self._turns if not t.continued_by(turn.messages)
-                and not (t.messages == turn.messages and t.answer == turn.answer)]
-        self._turns = kept[-(REMEMBERED_TURNS - 1):] + [turn]
+        text = self.render(protect(stream.messages, self.specials))  # as encode matches it
+        turn = _Turn(list(stream.messages), text, list(stream.tokens), stream.text, list(self._out))
+        with self._turns_lock:
+            kept = [t for t in self._turns if not t.continued_by(turn.messages)
+                    and not (t.messages == turn.messages and t.answer == turn.answer)]
+            self._turns = kept[-(REMEMBERED_TURNS - 1):] + [turn]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from core.errors import IrisError
+from core.inference.chat_tokens import hf_specials
 from core.inference.engine import MAX_CTX, Engine, Stream, _check_ram
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ class HFEngine(Engine):
         if not self.tokenizer.chat_template:
             raise IrisError(f"{model.label} has no chat template in its tokenizer: train from an instruct model.")
         self.net = net.eval()
+        self.specials = hf_specials(self.tokenizer)
+        # The Rust tokenizer is shared by prompt preparation and the generating thread, and
+        # split_special_tokens flips a flag on it: one call at a time.
+        self._tok_lock = threading.Lock()
         limits = [n_ctx or MAX_CTX, getattr(net.config, "max_position_embeddings", MAX_CTX) or MAX_CTX]
         if self.tokenizer.model_max_length and self.tokenizer.model_max_length < 10**7:
             limits.append(self.tokenizer.model_max_length)
@@ -79,7 +84,16 @@ class HFEngine(Engine):
 
     def tokenize(self, text: str) -> list[int]:
         # The template writes any BOS itself (as apply_chat_template(tokenize=True) assumes).
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with self._tok_lock:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
+
+    def tokenize_plain(self, text: str) -> list[int]:
+        with self._tok_lock:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tok_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate_bytes(self, stream: Stream, settings: "DecodingSettings") -> Iterator[bytes]:
         import torch
@@ -105,7 +119,7 @@ class HFEngine(Engine):
 
         class _Halt(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):
-                stop = halt.is_set() or stream.stop_event.is_set()
+                stop = halt.is_set() or stream.should_stop()
                 return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
 
         ids = torch.tensor([stream.tokens])
@@ -144,7 +158,7 @@ class HFEngine(Engine):
                 out.append(tok)
                 # Decode the whole answer and hand over what is new (one item per token; a split
                 # multi-byte character shows up once its last token arrives).
-                full = self.tokenizer.decode(out, skip_special_tokens=True)
+                full = self._decode(out)
                 new, text = (full[len(text):], full) if not full.endswith("\ufffd") else ("", text)
                 yield new.encode("utf-8")
             if errors:
