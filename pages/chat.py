@@ -5,6 +5,7 @@ from core import inference
 from core.chat import compare, transcripts
 from core.errors import IrisError
 from ui.forms import decoding_inputs
+from ui.serve_panel import serve_panel
 
 
 @st.cache_resource
@@ -47,7 +48,7 @@ with st.sidebar:
                 ss.update(compare_id=t["id"])
         except IrisError as err:
             st.error(str(err))
-
+    serve_panel(model_id)
 tab_chat, tab_compare = st.tabs(["Chat", "Compare"])
 
 with tab_chat:
