@@ -227,7 +227,7 @@ def test_bundle_runs_from_its_own_folder_for_the_client_and_in_chromium(tmp_path
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.goto(url)
-            page.wait_for_selector("#model option")
+            page.wait_for_selector("#model option", state="attached")
             page.fill("#prompt", "Name a primary colour.")
             page.click("#send")
             page.wait_for_selector(".msg.assistant.done", timeout=240_000)

@@ -123,7 +123,10 @@ def run(cfg: ServeConfig, job_dir: Path | None = None, api_key: str | None = Non
     base = {"pid": os.getpid(), "models": [m.id for m in models], "auth": bool(api_key), "error": None}
     jobs.update_status(job_dir, state="queued", message="loading models", started=time.time(), **base)
 
+    came_up = []
+
     def ready(url: str) -> None:
+        came_up.append(url)
         jobs.update_status(job_dir, state="running", url=url, message=f"serving {len(models)} model(s) at {url}/v1")
         print(f"Iris API ready at {url}/v1 (models: {', '.join(m.id for m in models)})", flush=True)
 
@@ -135,7 +138,7 @@ def run(cfg: ServeConfig, job_dir: Path | None = None, api_key: str | None = Non
     except BaseException as err:
         jobs.mark_failed(job_dir, err)
         raise
-    if jobs.read_status(job_dir).get("state") != "running":
+    if not came_up:
         jobs.update_status(job_dir, state="failed", message="failed",
                            error=f"the server did not start on {cfg.host}:{cfg.port} (port in use?); see the log.")
         raise IrisError(f"the server did not start on {cfg.host}:{cfg.port} (port in use?); see the log above.")
