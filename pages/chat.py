@@ -13,7 +13,6 @@ def engines() -> inference.EngineCache:
     """Loaded models, shared by every browser session of this server (LRU, lock around generation)."""
     return inference.EngineCache()
 
-
 ss = st.session_state
 if "messages" not in ss:
     ss.update(messages=[], transcript=None, partial=None, compare_id=None)

@@ -16,7 +16,7 @@ import pytest
 
 from core import jobs
 from core.paths import REPO_ROOT
-from tests.e2e_harness import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.e2e_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, free_port
 
 openai = pytest.importorskip("openai")
 
@@ -228,10 +228,13 @@ def test_bundle_runs_from_its_own_folder_for_the_client_and_in_chromium(tmp_path
             page = browser.new_page()
             page.goto(url)
             page.wait_for_selector("#model option", state="attached")
+            page.fill("#max", "16")  # a short answer keeps the test fast; the page's default is 256
             page.fill("#prompt", "Name a primary colour.")
             page.click("#send")
             page.wait_for_selector(".msg.assistant.done", timeout=240_000)
             assert page.inner_text(".msg.user") == "Name a primary colour."
             assert page.inner_text(".msg.assistant.done").strip()
             assert page.inner_text("#error") == ""
+            (ARTIFACTS / "serve").mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve" / "bundle_chat_page.png"))
             browser.close()
