@@ -238,3 +238,40 @@ def test_bundle_runs_from_its_own_folder_for_the_client_and_in_chromium(tmp_path
             (ARTIFACTS / "serve").mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "serve" / "bundle_chat_page.png"))
             browser.close()
+
+
+def _panel_app():
+    import streamlit as st
+
+    from ui.serve_panel import serve_panel
+
+    with st.sidebar:
+        serve_panel("smollm2-135m-instruct")
+
+
+@pytest.mark.slow
+def test_serve_panel_starts_shows_working_snippets_stops_and_bundles(iris_home, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from core import serve
+
+    port = free_port()
+    at = AppTest.from_function(_panel_app, default_timeout=60).run()
+    at.number_input(key="serve_port").set_value(port).run()
+    at.button(key="serve_start").click().run()
+    job_dir = serve.job_dir_for(port)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        at.run()
+        curl, python = (c.value for c in at.code[:2])
+        assert curl.startswith(f"curl http://127.0.0.1:{port}/v1/chat/completions") and "Authorization" not in curl
+        out = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, timeout=300)  # as shown
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr
+        at.button(key="serve_stop").click().run()
+        assert jobs.wait(job_dir, timeout_s=30)["state"] == "stopped"
+    finally:
+        jobs.kill(job_dir)
+    at.run()
+    at.text_input(key="serve_bundle_dir").set_value(str(tmp_path / "b")).run()
+    at.button(key="serve_bundle").click().run()
+    assert (tmp_path / "b" / "iris_serve.py").exists() and not at.error
