@@ -275,3 +275,34 @@ def test_serve_panel_starts_shows_working_snippets_stops_and_bundles(iris_home, 
     at.text_input(key="serve_bundle_dir").set_value(str(tmp_path / "b")).run()
     at.button(key="serve_bundle").click().run()
     assert (tmp_path / "b" / "iris_serve.py").exists() and not at.error
+
+
+def test_bundle_with_a_hub_id_ships_no_gguf_and_says_where_to_fetch_it(tmp_path):
+    from core.serve import write_bundle
+
+    folder = write_bundle(EMBEDDED, tmp_path / "hub", hub_id="someone/smollm2-gguf")
+    assert not list(folder.glob("*.gguf"))
+    meta = json.loads((folder / "models.json").read_text())[EMBEDDED]
+    assert meta["hub"] == {"repo_id": "someone/smollm2-gguf", "filename": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    assert any(r.startswith("huggingface-hub==") for r in (folder / "requirements.txt").read_text().splitlines())
+    assert "fetched from the hub repo `someone/smollm2-gguf`" in (folder / "README.md").read_text()
+
+
+def test_serving_refuses_what_llama_cpp_cannot_serve_in_one_sentence(tmp_path):
+    from core.errors import IrisError
+    from core.serve import ServeConfig, write_bundle
+    from core.serve.server import served_models
+
+    hf = tmp_path / "hf-model"  # what the catalog takes for a transformers folder
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    with pytest.raises(IrisError, match="the API serves GGUF files: export it"):
+        served_models([str(hf)])
+    with pytest.raises(IrisError, match="no model 'export:nope/x.gguf'"):
+        served_models(["export:nope/x.gguf"])
+    with pytest.raises(IrisError, match="not a TCP port"):
+        ServeConfig(port=70000)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(IrisError, match="not empty"):
+        write_bundle(EMBEDDED, tmp_path / "full")
