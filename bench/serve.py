@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
+    # `timeout` sends SIGTERM: end through `finally`, so the server process goes too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import openai
     from llama_cpp import Llama
 
