@@ -136,6 +136,7 @@ def main() -> None:
     pairs = []
     try:
         server_run(client, model.id, [{"role": "user", "content": "Hi"}], 4, 4, meter)  # warm-up
+        print("  warm-up done", flush=True)
         for r in range(args.rounds):
             order = ("raw", "server") if r % 2 == 0 else ("server", "raw")
             got = {}
@@ -144,6 +145,7 @@ def main() -> None:
                     got["raw"] = raw_run(llm, tokens, args.new_tokens)
                 else:
                     got["server"] = server_run(client, model.id, messages, args.new_tokens, 0, meter)
+                print(f"  {path}: TTFT {got[path]['ttft_s'] * 1000:.0f} ms", flush=True)
             raw, srv = got["raw"], got["server"]
             same = srv["text"] == raw["text"]
             n = raw["tokens"] if same else srv["retokenised"]
