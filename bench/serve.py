@@ -155,8 +155,11 @@ def main() -> None:
                   f"{raw['ttft_s'] * 1000:.0f} ms ({raw['tokens']} tokens) | server gen {srv['gen_tok_s']:.1f} tok/s "
                   f"TTFT {srv['ttft_s'] * 1000:.0f} ms ({n} tokens, same text: {same})", flush=True)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.terminate()  # uvicorn lets an answer in flight finish first; do not wait long for it
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     gen, ttft = median(p[0] for p in pairs), median(p[1] for p in pairs)
     print(f"server/raw generation: {gen:.2f}x (goal >= 0.9x) [{min(p[0] for p in pairs):.2f}-"
           f"{max(p[0] for p in pairs):.2f}]")
