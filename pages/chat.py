@@ -6,13 +6,13 @@ from core.chat import transcripts
 from core.errors import IrisError
 from ui import chat as chat_ui
 from ui.forms import decoding_inputs
+from ui.serve_panel import serve_panel
 
 
 @st.cache_resource
 def engines() -> inference.EngineCache:
     """Loaded models, shared by every browser session of this server (LRU, one answer at a time per model)."""
     return inference.EngineCache()
-
 
 ss = st.session_state
 if "messages" not in ss:
@@ -61,6 +61,7 @@ with st.sidebar:
             st.error(str(err))
     if ss.notice:
         st.info(ss.notice)
+    serve_panel(model_id)
 
 tab_chat, tab_compare = st.tabs(["Chat", "Compare"])
 

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from core import lineage
+from core import lineage, serve
 from core.paths import iris_home
 
 st.title("Iris")
@@ -43,3 +43,7 @@ if s["runs"]:
 if s["exports"]:
     st.subheader("Exports")
     st.dataframe(pd.DataFrame(s["exports"]).drop(columns=["path"]), hide_index=True, width="stretch")
+servers = serve.list_servers()
+if servers:
+    st.subheader("API servers")
+    st.dataframe(pd.DataFrame(servers).drop(columns=["path"]), hide_index=True, width="stretch")
