@@ -17,13 +17,13 @@ from core.paths import append_jsonl
 def main(plan: EvalPlan) -> Path:
     """Generate every missing answer, then the optional held-out and judge metrics. Returns the plan folder."""
     folder = plan_dir(plan.name)
+    available = resolve_models(plan)  # gone models, question sets, settings: refused before anything is written
+    cells, qset = expand(plan, available)
     save_plan(plan)
     jobs.update_status(folder, state="running", pid=os.getpid(), message="checking the plan", error=None)
     try:
         from core import inference
 
-        available = resolve_models(plan)
-        cells, qset = expand(plan, available)
         done = done_keys(folder, plan, qset)
         pending = [c for c in cells if c.key not in done]
         total, step, t0 = len(cells), len(cells) - len(pending), time.time()
@@ -66,5 +66,6 @@ def main(plan: EvalPlan) -> Path:
 
 def launch(plan: EvalPlan) -> int:
     """Save the plan and start it as a background job (pages call this). Returns the pid."""
+    expand(plan)  # refuse gone models, sets and settings here, in the page, before the folder exists
     path = save_plan(plan)
     return jobs.launch(path.parent, jobs.python_module_argv("core.evaluate", str(path)))
