@@ -1,9 +1,11 @@
 """What an export makes: `ExportConfig` (one dataclass, YAML round-trip) and the one table of quant types."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
+from core.access import check_hub_repo
 from core.config import check_types, in_range, one_of
 from core.errors import IrisError
 from core.paths import check_name
@@ -82,3 +84,5 @@ class ExportConfig:
         if self.push_repo and not _REPO_RE.match(self.push_repo):
             raise IrisError(f"`push_repo` is {self.push_repo!r}: a hub repo is written namespace/name "
                             "(letters, digits, '.', '_', '-').")
+        if self.push_repo and os.environ.get("IRIS_HUB_NAMESPACES"):  # the token's own user is checked at push
+            check_hub_repo(self.push_repo)

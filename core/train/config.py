@@ -9,10 +9,12 @@ or the dataset (does the version exist, is the sequence length within the model'
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.access import check_hub_repo
 from core.config import check_types, in_range, load_yaml, one_of
 from core.errors import IrisError
 from core.paths import REPO_ROOT, check_name
@@ -116,6 +118,8 @@ class TrainConfig:
         one_of("backend", self.backend, BACKENDS)
         one_of("optimizer", self.optimizer, OPTIMIZERS)
         one_of("lr_scheduler", self.lr_scheduler, SCHEDULERS)
+        if self.mirror_hub_repo and os.environ.get("IRIS_HUB_NAMESPACES"):  # else checked at upload
+            check_hub_repo(self.mirror_hub_repo, "mirror_hub_repo")
         if self.load_in_4bit and self.backend == "transformers":
             raise IrisError("`load_in_4bit` is true but `backend` is transformers: 4-bit loading runs through "
                             "unsloth on CUDA, so set backend to auto or unsloth.")
