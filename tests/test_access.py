@@ -113,13 +113,14 @@ def test_shared_app_in_chromium_shows_only_the_gate_until_the_password(embedded_
             page.set_default_timeout(60_000)
             for path in ("/", "/export", "/train"):  # no page is reachable around the gate
                 page.goto(url + path)
-                page.get_by_label("Password").wait_for()
+                page.get_by_label("Password", exact=True).wait_for()
                 assert page.get_by_role("link", name="Export").count() == 0
                 assert page.get_by_role("heading", name="Export").count() == 0
-            page.get_by_label("Password").fill("wrong")
+            page.goto(url)  # (the unknown paths also raised Streamlit's "page not found" dialog)
+            page.get_by_label("Password", exact=True).fill("wrong")
             page.get_by_role("button", name="Sign in").click()
             page.get_by_text("That password is not right").wait_for()
-            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_label("Password", exact=True).fill(PASSWORD)
             page.get_by_role("button", name="Sign in").click()
             page.get_by_role("link", name="Export").first.wait_for()
             assert PASSWORD not in page.url
