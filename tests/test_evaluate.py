@@ -95,7 +95,7 @@ def test_cli_reports_a_gone_model(tmp_path):
     assert proc.returncode == 2 and "run:deleted-run no longer exist" in proc.stderr
     from core import jobs
 
-    assert jobs.read_status(plan_dir("gone"))["state"] == "failed"
+    assert jobs.read_status(plan_dir("gone")) == {} and not plan_dir("gone").exists()  # nothing written (#29)
 
 
 def fake_answers(folder, models=("m-small", "m-big"), settings=("A",)):

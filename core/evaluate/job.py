@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from core import jobs
+from core.errors import IrisError
 from core.evaluate.answers import answer_record, done_keys, messages_for
 from core.evaluate.plan import ANSWERS, EvalPlan, decoding, expand, plan_dir, resolve_models, save_plan
 from core.paths import append_jsonl
@@ -17,8 +18,13 @@ from core.paths import append_jsonl
 def main(plan: EvalPlan) -> Path:
     """Generate every missing answer, then the optional held-out and judge metrics. Returns the plan folder."""
     folder = plan_dir(plan.name)
-    available = resolve_models(plan)  # gone models, question sets, settings: refused before anything is written
-    cells, qset = expand(plan, available)
+    try:  # gone models, question sets, settings: refused before anything is written
+        available = resolve_models(plan)
+        cells, qset = expand(plan, available)
+    except IrisError as err:
+        if jobs.read_status(folder):  # launched from a page (status "queued"): show why it ended there
+            jobs.mark_failed(folder, err)
+        raise
     save_plan(plan)
     jobs.update_status(folder, state="running", pid=os.getpid(), message="checking the plan", error=None)
     try:
