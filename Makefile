@@ -1,5 +1,6 @@
 # Iris: two commands on a fresh machine (see README.md).
-#   make app    set up .venv (idempotent) and run the Streamlit app, offline, on the embedded model
+#   make app    set up .venv (idempotent) and run the Streamlit app, offline, on the embedded model,
+#               on 127.0.0.1 (make app HOST=0.0.0.0 shares it; it then needs IRIS_PASSWORD)
 #   make test   set up .venv + test tools (idempotent) and run every test, slow ones included
 # Set-up is keyed on the requirements files' hash, so a second run skips straight to the work.
 
@@ -7,6 +8,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+# Local by default: HOST=0.0.0.0 shares the app and needs a password (IRIS_PASSWORD or `python -m core.access set-password`).
+HOST   ?= 127.0.0.1
 REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 # llama-cpp-python compiles from source (~4 min on 2 cores); pip caches the wheel, so later installs are instant.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
@@ -33,9 +36,11 @@ setup: $(VENV)/.stamp-app-$(REQ_HASH)
 
 setup-dev: $(VENV)/.stamp-dev-$(REQ_HASH)
 
-app: setup
-	$(VENV)/bin/streamlit run streamlit_app.py --server.headless true --server.port $(PORT) \
-		--browser.gatherUsageStats false
+app: $(VENV)/.stamp-app-$(REQ_HASH)
+	@$(PY) -m core.access check-host "$(HOST)"
+	$(PY) -m core.models materialise
+	$(VENV)/bin/streamlit run streamlit_app.py --server.headless true --server.address "$(HOST)" \
+		--server.port $(PORT) --browser.gatherUsageStats false
 
 test: setup-dev
 	$(PY) -m pytest -m "slow or not slow" tests

@@ -5,7 +5,10 @@ This file only routes; every page lives in pages/ and every piece of logic in co
 """
 import streamlit as st
 
+from ui.auth import gate
+
 st.set_page_config(page_title="Iris", page_icon=":material/local_florist:", layout="wide")
+gate()  # shared (HOST=0.0.0.0): a password once per browser session; local: nothing to do
 
 pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

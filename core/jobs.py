@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.errors import IrisError
+from core.errors import IrisError, redact
 from core.paths import REPO_ROOT, read_json, write_json
 
 STATUS = "status.json"
@@ -74,6 +74,7 @@ def update_status(job_dir: Path, **fields: Any) -> dict:
 def mark_failed(job_dir: Path, err: BaseException) -> None:
     """Record why a job ended: a user error's own sentence, or the exception's type and text."""
     error = str(err) if isinstance(err, IrisError) else f"{type(err).__name__}: {err}"
+    error = redact(error)  # a library's message may quote a token it was given
     update_status(job_dir, state="failed", error=error, message="failed")
 
 

@@ -75,12 +75,54 @@ def cache_dir() -> Path:
 
 def check_name(name: str, what: str = "name") -> str:
     """Names become folder names: letters, digits, '.', '_' and '-' only, at most 100 characters."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
         raise IrisError(
-            f"{what} {name!r} is not usable: use letters, digits, '.', '_' or '-' "
+            f"{what} {shown} is not usable: use letters, digits, '.', '_' or '-' "
             "(start with a letter or digit, at most 100 characters)."
         )
     return name
+
+
+def allowed_roots() -> list[Path]:
+    """Folders the pages may read or write: IRIS_HOME plus the roots in IRIS_ALLOWED_DIRS (os.pathsep-separated)."""
+    extra = [Path(p).expanduser().resolve() for p in os.environ.get("IRIS_ALLOWED_DIRS", "").split(os.pathsep)
+             if p.strip()]
+    return [iris_home(), *extra]
+
+
+def check_folder(path: str | Path, what: str = "folder") -> Path:
+    """A folder typed into a page, resolved (symlinks followed) and refused unless it lies under IRIS_HOME or
+    an IRIS_ALLOWED_DIRS root. A relative path is taken from IRIS_HOME. The CLIs, run by the owner, skip this."""
+    text = str(path)
+    if not text.strip() or any(c in text for c in "\0\n\r"):
+        raise IrisError(f"{what} {text!r} is not a usable path: give a folder under {iris_home()}.")
+    given = Path(text.strip()).expanduser()
+    if not given.is_absolute():
+        given = iris_home() / given
+    resolved = given.resolve()
+    roots = allowed_roots()
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        via = f" (it leads to {resolved} through a symlink)" if resolved != Path(os.path.abspath(given)) else ""
+        raise IrisError(f"{what} {text!r} is outside the folders this app may use{via}: use a folder under "
+                        f"{' or '.join(str(r) for r in roots)}; the owner can allow more roots in IRIS_ALLOWED_DIRS.")
+    return resolved
+
+
+def safe_filename(name: str, what: str = "file name") -> str:
+    """An uploaded file's name made safe to store: no folders, no control characters, at most 100 characters,
+    only letters, digits, '.', '_' and '-' (others become '_'); the suffix (.jsonl, ...) is kept."""
+    base = Path(str(name).replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip("._-")
+    stem, dot, suffix = base.rpartition(".")
+    if not dot:
+        stem, suffix = base, ""
+    suffix = suffix[:16]
+    stem = stem[: 100 - len(suffix) - 1] if suffix else stem[:100]
+    safe = f"{stem}.{suffix}" if suffix and stem else (stem or "")
+    if not safe or safe in (".", ".."):
+        raise IrisError(f"{what} {name!r} has no usable characters: rename the file (letters, digits, '.', '_', '-').")
+    return check_name(safe, what)
 
 
 def write_json(path: Path, data: Any) -> None:

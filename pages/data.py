@@ -7,7 +7,7 @@ from core import versions
 from core.data import edu, measure, store
 from core.data import view as data_view
 from core.data.dedup import NEAR_DUP_THRESHOLD
-from core.data.filters import STEP_TABLE, DataRecipe, Step, apply_recipe, default_recipe
+from core.data.filters import STEP_TABLE, DataRecipe, apply_recipe, default_recipe
 from core.errors import IrisError
 from ui.forms import field_input
 
@@ -114,8 +114,8 @@ with recipe_tab:
         params = {}
         for col, (name, f) in zip(cols[1:], fields.items()):
             params[name] = field_input(col, f, step.params[name], f"{step.kind}.{name}", edu.PROTOTYPES)
-        steps.append(Step(step.kind, enabled=on, params=params))
-    try:
+        steps.append({"kind": step.kind, "enabled": on, "params": params})
+    try:  # the recipe checks every step's values: a bad one is one sentence, not a traceback
         recipe = DataRecipe(name="page", tokenizer=tokenizer, steps=steps)
         result = filtered(df, key, recipe.to_yaml(), m if "tokens" in m else None)
     except IrisError as err:

@@ -8,11 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from core import lineage
+from core.access import check_hub_repo
 from core.errors import IrisError
 from core.export.config import QUANTS, ExportConfig
 from core.export.gguf import launch, list_exports, plan, report
 from core.export.preflight import gb
-from core.paths import exports_dir, runs_dir
+from core.paths import check_folder, exports_dir, runs_dir
 from core.runs import list_checkpoints
 from ui.progress import job_panel
 
@@ -41,14 +42,19 @@ lora_only = c1.checkbox("LoRA-only GGUF", help="base GGUFs + a small LoRA GGUF t
 verify = c2.checkbox("Verify against the source", value=True)
 keep_merged = c3.checkbox("Keep merged safetensors", disabled=lora_only)
 name = st.text_input("Export name (empty: from the run)", "")
-push_repo = st.text_input("Push to hub repo (optional; needs HF_TOKEN)", "")
+push_repo = st.text_input("Push to hub repo (optional; needs HF_TOKEN)", "").strip()
+confirmed = bool(push_repo) and st.checkbox(f"Yes, upload the GGUFs to {push_repo} on the hub")
 
 if not source or not quants:
     st.stop()
 try:
+    if kind == "a model folder":  # the page reads only under IRIS_HOME or IRIS_ALLOWED_DIRS (the CLI: anywhere)
+        source = str(check_folder(source, "Model folder"))
+    if push_repo:
+        check_hub_repo(push_repo)
     cfg = ExportConfig(source=source, checkpoint=checkpoint, quants=quants, name=name,
                        mode="lora" if lora_only else "merged", verify=verify, keep_merged=keep_merged,
-                       push_repo=push_repo)
+                       push_repo=push_repo if confirmed else "")
     plans = plan(cfg)
 except IrisError as err:
     st.error(str(err))
@@ -68,7 +74,9 @@ if not chosen.fits:
     st.error(f"This export would not fit: {chosen.reason}."
              + (f" {fits.path} fits (~{gb(fits.peak_ram)} RAM, ~{gb(fits.disk)} disk)." if fits else ""))
 
-if st.button("Export", type="primary", disabled=not chosen.fits):
+if push_repo and not confirmed:
+    st.warning(f"Tick the box to confirm the upload to {push_repo}, or clear the repo to export locally.")
+if st.button("Export", type="primary", disabled=not chosen.fits or bool(push_repo and not confirmed)):
     try:
         st.session_state["export_dir"] = str(launch(cfg))
     except IrisError as err:

@@ -6,6 +6,7 @@ import streamlit as st
 from core import jobs, models, runs, versions
 from core.config import field_docs
 from core.errors import IrisError
+from core.paths import check_folder
 from core.train import lora
 from core.train.config import BACKENDS, OPTIMIZERS, TrainConfig, list_presets, load_preset
 from core.train.curves import curves_figure
@@ -62,6 +63,8 @@ with new:
         mirror_dir=st.text_input("Mirror checkpoints to folder (optional)", base.mirror_dir, key=k + "mirror", help=H.get("mirror_dir")),
     )
     try:
+        if f["mirror_dir"]:  # the page may only write under IRIS_HOME or IRIS_ALLOWED_DIRS (the CLI: anywhere)
+            f["mirror_dir"] = str(check_folder(f["mirror_dir"], "Mirror checkpoints to folder"))
         cfg = TrainConfig(**f)
         est = estimate(cfg, device)
     except IrisError as err:

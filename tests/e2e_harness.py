@@ -27,13 +27,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(home: Path, timeout_s: float = 900):
-    """`make app PORT=<free>` in its own process session; yields the base URL; kills the session after."""
+def running_app(home: Path, timeout_s: float = 900, host: str | None = None, env: dict | None = None):
+    """`make app PORT=<free> [HOST=host]` in its own process session (extra `env` set for it); yields the base
+    URL; kills the session after."""
     port = free_port()
-    env = {**os.environ, "IRIS_HOME": str(home), "PORT": str(port)}
+    env = {**os.environ, "IRIS_HOME": str(home), "PORT": str(port), **(env or {})}
     log = open(home.parent / "app.log", "wb")
-    proc = subprocess.Popen(["make", "app", f"PORT={port}"], cwd=REPO_ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(["make", "app", f"PORT={port}", *([f"HOST={host}"] if host else [])], cwd=REPO_ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout_s

@@ -163,9 +163,9 @@ def test_bad_inputs_raise_one_clear_error_and_write_nothing(tmp_path):
     _save("a", 10, 1)
     with pytest.raises(IrisError, match="add up to 0.9, not 1"):
         _recipe(_version("a", share=0.5), _version("b", share=0.4))
-    with pytest.raises(IrisError, match="unknown generator 'gsm_symbolc': did you mean gsm_symbolic"):
+    with pytest.raises(IrisError, match="`name` 'gsm_symbolc' is not a known generator: did you mean gsm_symbolic"):
         augment.parse_recipe("sources:\n- {name: g, kind: generated, generators: [{name: gsm_symbolc, count: 3}]}\n")
-    with pytest.raises(IrisError, match="every source a share, or none"):
+    with pytest.raises(IrisError, match="give every source a share, or none"):
         _recipe(_version("a", share=1.0), _version("b"))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -194,7 +194,7 @@ def test_cli_runs_a_recipe_and_rejects_bad_ratios(tmp_path, iris_home):
                    "- {name: b, kind: version, version: a, share: 0.6}\n")
     out = subprocess.run([sys.executable, "-m", "core.data", "augment", str(bad), "--name", "mix2"], cwd=REPO_ROOT,
                          capture_output=True, text=True)
-    assert out.returncode == 2 and out.stderr.strip() == ("error: the shares add up to 1.1, not 1: a 0.5, b 0.6.")
+    assert out.returncode == 2 and out.stderr.strip() == ("error: the sources' `share` values add up to 1.1, not 1: a 0.5, b 0.6.")
     assert not versions.exists("mix2")
 
 

@@ -54,7 +54,7 @@ def test_page_shows_one_error_for_shares_that_do_not_add_up():
     at.number_input(key="share_base").set_value(0.5)
     at.number_input(key="share_generated").set_value(0.2).run()
     assert not at.exception
-    assert [e.value for e in at.error] == ["the shares add up to 0.7, not 1: base 0.5, generated 0.2."]
+    assert [e.value for e in at.error] == ["the sources' `share` values add up to 0.7, not 1: base 0.5, generated 0.2."]
     assert len(at.button) == 0  # nothing to preview or save until the shares are fixed
     assert [m["name"] for m in versions.list_versions()] == ["base"]
 

@@ -37,7 +37,7 @@ def test_settings_yaml_round_trip_presets_and_validation():
     for bad in (dict(temperature=-1), dict(top_p=0), dict(max_new_tokens=0), dict(seed=-2)):
         with pytest.raises(IrisError):
             inference.DecodingSettings(**bad)
-    with pytest.raises(IrisError, match="unknown"):
+    with pytest.raises(IrisError, match="`temprature` is not a DecodingSettings field"):
         inference.DecodingSettings.from_yaml("temprature: 0.3\n")
 
 

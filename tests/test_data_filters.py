@@ -99,9 +99,9 @@ def test_disabled_step_drops_nothing_and_yaml_round_trips(tmp_path):
     assert again == recipe
     off = DataRecipe(steps=[Step("empty_turns", enabled=False)])
     assert kept(run([conv(("user", ""), ("assistant", "a"))], *off.steps)) == [True]
-    with pytest.raises(IrisError, match="unknown recipe step 'sharpen'"):
+    with pytest.raises(IrisError, match="`kind` is 'sharpen', which is not one of"):
         DataRecipe.from_yaml("steps: [{kind: sharpen}]")
-    with pytest.raises(IrisError, match="unknown parameter\\(s\\) max"):
+    with pytest.raises(IrisError, match="`length.params.max` is 'max', which is not one of"):
         DataRecipe.from_yaml("steps: [{kind: length, params: {max: 3}}]")
     with pytest.raises(IrisError, match="more than once"):
         DataRecipe(steps=[Step("score"), Step("score")])

@@ -22,13 +22,13 @@ def test_lab_question_set_ships_and_is_valid():
 
 
 @pytest.mark.parametrize("text, fmt, needle", [
-    ("questions:\n  - id: a\n    question: Why?\n", "yaml", "`reference`"),
-    ("questions:\n  - question: Why?\n    reference: Because.\n", "yaml", "`id`"),
-    ('{"id": "a", "reference": "r"}\n', "jsonl", "`question`"),
+    ("questions:\n  - id: a\n    question: Why?\n", "yaml", "`questions\\[1\\].reference`"),
+    ("questions:\n  - question: Why?\n    reference: Because.\n", "yaml", "`questions\\[1\\].id`"),
+    ('{"id": "a", "reference": "r"}\n', "jsonl", "`questions\\[1\\].question`"),
     ("questions: []\n", "yaml", "no questions"),
-    ('{"id": "a", "question": "q", "reference": "r", "answer": "x"}\n', "jsonl", "unknown field"),
+    ('{"id": "a", "question": "q", "reference": "r", "answer": "x"}\n', "jsonl", "`questions\\[1\\].answer` is not a question field"),
     ("questions:\n  - {id: a, question: q, reference: r}\n  - {id: a, question: q2, reference: r2}\n", "yaml", "twice"),
-    ("questions: [unclosed\n", "yaml", "not valid YAML"),
+    ("questions: [unclosed\n", "yaml", "line 2, column 1: YAML syntax error"),
 ])
 def test_bad_question_sets_name_the_problem(text, fmt, needle):
     with pytest.raises(IrisError, match=needle):
@@ -77,7 +77,7 @@ def test_bad_plans_give_one_clear_message(kwargs, needle):
     (dict(name="../x"), "not usable"),
     (dict(name="p", models=["a", "a"]), "twice"),
     (dict(name="p", max_new_tokens=0), "max_new_tokens"),
-    (dict(name="p", custom_settings={"x": {"temprature": 1}}), "unknown field"),
+    (dict(name="p", custom_settings={"x": {"temprature": 1}}), "`custom_settings.x.temprature`"),
 ])
 def test_bad_plan_fields(kwargs, needle):
     with pytest.raises(IrisError, match=needle):
@@ -95,7 +95,7 @@ def test_cli_reports_a_gone_model(tmp_path):
     assert proc.returncode == 2 and "run:deleted-run no longer exist" in proc.stderr
     from core import jobs
 
-    assert jobs.read_status(plan_dir("gone"))["state"] == "failed"
+    assert jobs.read_status(plan_dir("gone")) == {} and not plan_dir("gone").exists()  # nothing written (#29)
 
 
 def fake_answers(folder, models=("m-small", "m-big"), settings=("A",)):

@@ -27,7 +27,7 @@ def test_page_edits_question_sets_and_refuses_bad_ones():
     assert "age < 18 || isStudent" in original
     editor.set_value("questions:\n  - id: q1\n    question: What is XOR?\n")
     _button(at, "Save question set").click().run()
-    assert any("missing the field `reference`" in e.value for e in at.error)
+    assert any("`questions[1].reference` is missing or empty" in e.value for e in at.error)
     editor = next(t for t in at.text_area if t.label.startswith("boolean_logic.yaml"))
     editor.set_value(original.replace("What is a Boolean operator?", "What is a logical operator?"))
     _button(at, "Save question set").click().run()

@@ -81,9 +81,9 @@ def test_config_yaml_round_trip():
 
 
 @pytest.mark.parametrize("fields, needle", [
-    ({"quants": ["q3_x"]}, "unknown quant type 'q3_x'"),
-    ({"mode": "both"}, "mode 'both'"),
-    ({"name": "../x"}, "export name"),
+    ({"quants": ["q3_x"]}, "`quants\\[0\\]` is 'q3_x', which is not one of"),
+    ({"mode": "both"}, "`mode` is 'both'"),
+    ({"name": "../x"}, "export folder"),
     ({"ram_budget_gb": -1}, "ram_budget_gb"),
 ])
 def test_config_rejects_bad_fields(fields, needle):

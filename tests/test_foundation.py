@@ -69,9 +69,9 @@ def test_yaml_round_trip_and_unknown_keys(tmp_path):
     cfg = _Cfg(name="x", inner=_Inner(r=8))
     config.save_yaml(cfg, tmp_path / "c.yaml")
     assert config.load_yaml(_Cfg, tmp_path / "c.yaml") == cfg
-    with pytest.raises(IrisError, match="unknown _Cfg field"):
+    with pytest.raises(IrisError, match="`learning_rat` is not a _Cfg field"):
         config.from_yaml(_Cfg, "name: x\nlearning_rat: 1")
-    with pytest.raises(IrisError, match="not valid YAML"):
+    with pytest.raises(IrisError, match="line 1, column .*YAML syntax error"):
         config.from_yaml(_Cfg, "name: [")
 
 

@@ -55,7 +55,7 @@ def test_presets_load_with_the_labs_settings():
 @pytest.mark.parametrize("field,value,words", [
     ("batch_size", 0, "batch size × gradient accumulation"), ("grad_accum", 0, "at least 1"),
     ("learning_rate", 5.0, "out of range"), ("backend", "jax", "not one of"), ("dataset", "../x", "not usable"),
-    ("max_steps", -1, "≥ 0"), ("target_modules", [], "at least one"),
+    ("max_steps", -1, "at least 0"), ("target_modules", [], "at least one"),
 ])
 def test_bad_config_values_are_refused(field, value, words):
     with pytest.raises(IrisError, match=words.replace("×", ".")):

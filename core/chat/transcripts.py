@@ -21,7 +21,7 @@ from pathlib import Path
 
 from core import inference
 from core.errors import IrisError
-from core.paths import read_json, transcripts_dir, write_json
+from core.paths import check_name, read_json, transcripts_dir, write_json
 
 DEFAULT_SYSTEM = ("You are a FineTome teaching assistant. Explain concepts clearly and accurately, step by step, "
                   "the way a patient teacher would, and keep answers focused on the student's question.")
@@ -112,7 +112,7 @@ def save_chat(model_id: str, system: str, settings: inference.DecodingSettings, 
     """Write (or rewrite, as the chat grows) a chat transcript; returns its id. Answers that carry their
     model and settings (`answer_message`) keep them; bare ones get `model_id` and `settings`."""
     first_user = next((m["content"] for m in messages if m.get("role") == "user"), "")
-    tid = transcript_id or new_id("chat")
+    tid = check_name(transcript_id or new_id("chat"), "transcript id")
     path = transcripts_dir() / f"{tid}.json"
     old = read_json(path, default=None) if transcript_id else None
     kept = []
@@ -145,7 +145,8 @@ def list_transcripts() -> list[dict]:
 
 
 def load_transcript(transcript_id: str) -> dict:
-    path = Path(transcript_id) if transcript_id.endswith(".json") else transcripts_dir() / f"{transcript_id}.json"
+    path = Path(transcript_id) if transcript_id.endswith(".json") else \
+        transcripts_dir() / f"{check_name(transcript_id, 'transcript id')}.json"
     t = read_json(path, default=None)
     if not isinstance(t, dict) or t.get("kind") not in ("chat", "compare"):
         raise IrisError(f"no readable transcript {transcript_id!r} in {transcripts_dir()}: it was deleted or is not "

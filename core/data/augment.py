@@ -27,10 +27,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import from_yaml, load_yaml, to_dict
+from core.config import check_types, from_yaml, in_range, load_yaml, one_of, to_dict
 from core.data.dedup import NEAR_DUP_THRESHOLD
 from core.data.generate import GeneratorSpec, generate
 from core.errors import IrisError
+from core.paths import check_name
 
 KINDS = ("version", "file", "hub", "generated")
 SHARE_TOLERANCE = 1e-3  # shares typed as 0.333 + 0.333 + 0.334 still add up
@@ -63,20 +64,22 @@ class SourceSpec:
     """Absolute cap on this source's rows (exact count with `upsample`); None = all rows."""
 
     def __post_init__(self) -> None:
-        if not str(self.name or "").strip():
-            raise IrisError("every source needs a name (it becomes the rows' `origin`).")
-        if self.kind not in KINDS:
-            raise IrisError(f"source {self.name!r}: unknown kind {self.kind!r}; use one of {', '.join(KINDS)}.")
-        needed = {"version": self.version, "file": self.path, "hub": self.hub_id, "generated": self.generators}
-        if not needed[self.kind]:
-            what = {"version": "version", "file": "path", "hub": "hub_id", "generated": "generators"}[self.kind]
-            raise IrisError(f"source {self.name!r} ({self.kind}) needs `{what}`.")
+        check_types(self)
+        if not self.name.strip():
+            raise IrisError("`name` is empty: every source needs a name (it becomes the rows' `origin`).")
+        one_of("kind", self.kind, KINDS)
+        needed = {"version": "version", "file": "path", "hub": "hub_id", "generated": "generators"}[self.kind]
+        if not getattr(self, needed):
+            raise IrisError(f"source {self.name!r} is of kind {self.kind} but `{needed}` is empty: set it.")
+        if self.kind == "version":
+            check_name(self.version, "`version` (a dataset version)")
         if self.share is not None and self.rows is not None:
-            raise IrisError(f"source {self.name!r}: give a share or a row count, not both.")
-        if self.share is not None and not 0 < self.share <= 1:
-            raise IrisError(f"source {self.name!r}: share must be in (0, 1], got {self.share}.")
-        if self.rows is not None and (not isinstance(self.rows, int) or self.rows < 1):
-            raise IrisError(f"source {self.name!r}: rows must be a whole number ≥ 1, got {self.rows!r}.")
+            raise IrisError(f"source {self.name!r} has both `share` and `rows`: give one of them.")
+        if self.share is not None:
+            in_range("share", self.share, 0, 1, low_open=True, why="a fraction of the mixture")
+        if self.rows is not None:
+            in_range("rows", self.rows, 1)
+        in_range("seed", self.seed, 0)
 
 
 @dataclass
@@ -101,26 +104,27 @@ class AugmentRecipe:
     """Tokenizer that counts the mixture's tokens (a model id, a folder or "llama-3")."""
 
     def __post_init__(self) -> None:
+        check_types(self)  # sources given as mappings become SourceSpecs here, each checked
         if not self.sources:
-            raise IrisError("the recipe has no sources: add at least one.")
-        self.sources = [s if isinstance(s, SourceSpec) else SourceSpec(**s) for s in self.sources]
+            raise IrisError("`sources` is empty: add at least one source.")
         names = [s.name for s in self.sources]
-        if len(set(names)) != len(names):
-            raise IrisError(f"source names must be unique; got {', '.join(names)}.")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise IrisError(f"`sources` uses the name {twice[0]!r} twice: source names must be unique.")
         shares = [s.share for s in self.sources if s.share is not None]
         if shares and len(shares) != len(self.sources):
-            raise IrisError("give every source a share, or none of them (then use `rows` caps).")
+            raise IrisError("some sources have a `share` and some do not: give every source a share, or none "
+                            "(then use `rows` caps).")
         if shares and abs(sum(shares) - 1) > SHARE_TOLERANCE:
-            raise IrisError(f"the shares add up to {sum(shares):g}, not 1: "
+            raise IrisError(f"the sources' `share` values add up to {sum(shares):g}, not 1: "
                             + ", ".join(f"{s.name} {s.share:g}" for s in self.sources) + ".")
         if self.total_rows is not None and not shares:
-            raise IrisError("total_rows applies only when sources have shares; use `rows` per source instead.")
-        if self.total_rows is not None and self.total_rows < 1:
-            raise IrisError(f"total_rows must be ≥ 1, got {self.total_rows}.")
-        if not 0 <= self.eval_fraction < 1:
-            raise IrisError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
-        if not 0 < self.near_threshold <= 1:
-            raise IrisError(f"near_threshold must be in (0, 1], got {self.near_threshold}.")
+            raise IrisError("`total_rows` applies only when sources have shares; use `rows` per source instead.")
+        if self.total_rows is not None:
+            in_range("total_rows", self.total_rows, 1)
+        in_range("seed", self.seed, 0)
+        in_range("eval_fraction", self.eval_fraction, 0, 1, high_open=True)
+        in_range("near_threshold", self.near_threshold, 0, 1, low_open=True)
 
     @property
     def by_share(self) -> bool:

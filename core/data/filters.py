@@ -91,6 +91,14 @@ STEP_TABLE: dict[str, StepKind] = {
     "repetition": StepKind("Repetition", "Share of the answer's word 3-grams that repeat (loops, copy-paste).", {
         "max_ratio": Field(0.5, "float", "Max repeated share", "0–1; rows above it are dropped")}),
 }
+PARAM_TYPES = {"int": int, "float": float, "list": list[str], "text": list[str]}
+# Allowed ranges of the numeric parameters (None: unbounded on that side).
+PARAM_RANGES = {
+    "score": {"min_score": (0, 5)}, "edu_semantic": {"min_score": (-1, 1)},
+    "length": {"min_content_tokens": (0, None), "max_tokens": (0, None), "max_turn_tokens": (0, None)},
+    "empty_turns": {"min_turn_chars": (1, None)}, "near_dedup": {"threshold": (0.05, 1)},
+    "language": {"min_score": (0, 1)}, "repetition": {"max_ratio": (0, 1)},
+}
 STEP_DEFAULTS: dict[str, dict[str, Any]] = {kind: {name: f.default for name, f in k.fields.items()}
                                             for kind, k in STEP_TABLE.items()}
 
@@ -105,17 +113,17 @@ class Step:
     """Overrides of STEP_DEFAULTS[kind]; unknown keys are refused."""
 
     def __post_init__(self):
-        if self.kind not in STEP_DEFAULTS:
-            raise IrisError(f"unknown recipe step {self.kind!r}; known steps: {', '.join(STEP_DEFAULTS)}.")
-        unknown = sorted(set(self.params or {}) - set(STEP_DEFAULTS[self.kind]))
-        if unknown:
-            raise IrisError(f"step {self.kind}: unknown parameter(s) {', '.join(unknown)}; "
-                            f"known: {', '.join(STEP_DEFAULTS[self.kind]) or '(none)'}.")
-        self.params = {**copy.deepcopy(STEP_DEFAULTS[self.kind]), **(self.params or {})}
-        if self.kind == "near_dedup" and not 0.05 <= float(self.params["threshold"]) <= 1.0:
-            raise IrisError(f"near_dedup threshold must be between 0.05 and 1, got {self.params['threshold']}.")
-        if self.kind == "repetition" and not 0 <= float(self.params["max_ratio"]) <= 1:
-            raise IrisError(f"repetition max_ratio must be between 0 and 1, got {self.params['max_ratio']}.")
+        config.check_types(self)
+        config.one_of("kind", self.kind, STEP_DEFAULTS)
+        for key in self.params:
+            config.one_of(f"{self.kind}.params.{key}", key, STEP_DEFAULTS[self.kind])
+        self.params = {**copy.deepcopy(STEP_DEFAULTS[self.kind]), **self.params}
+        for key, f in STEP_TABLE[self.kind].fields.items():
+            hint = PARAM_TYPES.get(f.widget) or (bool if isinstance(f.default, bool) else list[str])
+            if not (self.params[key] is None and f.default is None):
+                self.params[key] = config.coerce(hint, self.params[key], f"{self.kind}.params.{key}")
+        for key, (low, high) in PARAM_RANGES.get(self.kind, {}).items():
+            config.in_range(f"{self.kind}.params.{key}", self.params[key], low, high)
 
     def get(self, name: str) -> Any:
         return self.params[name]
@@ -135,13 +143,15 @@ class DataRecipe:
     """Seed of the train/eval split."""
 
     def __post_init__(self):
-        self.steps = [s if isinstance(s, Step) else Step(**s) for s in self.steps]
+        config.check_types(self)  # steps given as mappings become Steps here, each checked
         kinds = [s.kind for s in self.steps]
         twice = sorted({k for k in kinds if kinds.count(k) > 1})
         if twice:
-            raise IrisError(f"recipe lists step(s) {', '.join(twice)} more than once; keep one of each.")
-        if not 0 <= self.eval_fraction < 1:
-            raise IrisError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
+            raise IrisError(f"`steps` lists {', '.join(twice)} more than once: keep one of each.")
+        config.in_range("eval_fraction", self.eval_fraction, 0, 1, high_open=True)
+        config.in_range("seed", self.seed, 0)
+        if not self.tokenizer.strip():
+            raise IrisError("`tokenizer` is empty: use llama-3, a model id or a model folder.")
 
     def step(self, kind: str) -> Step | None:
         return next((s for s in self.steps if s.kind == kind), None)

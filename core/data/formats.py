@@ -176,9 +176,39 @@ def detect_format(columns: Iterable[str]) -> str:
                     + "; ".join(f"{k}: {v}" for k, v in EXPECTED.items()) + ".")
 
 
+SHAPE_NAMES = {"sharegpt": "ShareGPT", "alpaca": "Alpaca", "messages": "OpenAI messages"}
+
+
+def row_shapes(df) -> "list[str | None]":  # noqa: F821
+    """Each row's own shape from the columns it fills (None: none of the known ones)."""
+    def filled(col):
+        return df[col].notna().to_numpy() if col in df.columns else [False] * len(df)
+
+    msgs, conv = filled("messages"), filled("conversations")
+    alpaca = [a and b for a, b in zip(filled("instruction"), filled("output"))]
+    return ["messages" if m else "sharegpt" if c else "alpaca" if a else None for m, c, a in zip(msgs, conv, alpaca)]
+
+
+def check_one_shape(df) -> None:
+    """Refuse a file whose rows change shape (ShareGPT rows, then an Alpaca row), naming the first row that does."""
+    keys = {"messages", "conversations", "instruction"} & set(df.columns)
+    if len(keys) < 2:
+        return  # one shape's columns only: nothing to mix
+    shapes = row_shapes(df)
+    first = shapes[0]
+    for i, shape in enumerate(shapes):
+        if shape != first:
+            looks = f"looks like {SHAPE_NAMES[shape]} ({EXPECTED[shape]})" if shape else \
+                "has none of the known shapes' columns filled"
+            raise IrisError(f"row {i + 1} {looks}, but the rows before it are {SHAPE_NAMES.get(first, first)} "
+                            f"({EXPECTED.get(first, '?')}): one file holds one shape, so split it into one file "
+                            "per shape.")
+
+
 def normalise(df, keep_broken_roles: bool = False):
     """Canonical `messages` rows from a ShareGPT, Alpaca or OpenAI-messages DataFrame; other columns kept."""
     shape = detect_format(df.columns)
+    check_one_shape(df)
     if shape == "alpaca":
         messages = [_from_alpaca(row) for row in df.itertuples(index=False)]
         dropped = ["instruction", "input", "output", "system"]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
 
+from core.config import check_types, in_range
 from core.errors import IrisError
 
 HUMAN_EVAL = "human_eval"
@@ -56,9 +57,9 @@ class GeneratorSpec:
     """Curriculum level (int, 0 = easiest) where the generator has one; gsm_symbolic: 0.0–1.0; None = defaults."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         check_generator(self.name)
-        if not isinstance(self.count, int) or self.count < 1:
-            raise IrisError(f"generator {self.name!r}: count must be a whole number ≥ 1, got {self.count!r}.")
+        in_range("count", self.count, 1, why="rows to generate")
         if self.name == HUMAN_EVAL and self.count > HUMAN_EVAL_SIZE:
             raise IrisError(f"human_eval has {HUMAN_EVAL_SIZE} tasks; asked for {self.count}.")
         if self.name == HUMAN_EVAL and self.difficulty is not None:
@@ -92,7 +93,7 @@ def check_generator(name: str) -> str:
     if name not in names:
         close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(names[:12])}, ..."
-        raise IrisError(f"unknown generator {name!r}: {hint} (all {len(names)}: `python -c \"from core.data.generate "
+        raise IrisError(f"`name` {name!r} is not a known generator: {hint} (all {len(names)}: `python -c \"from core.data.generate "
                         "import generator_names; print(generator_names())\"`).")
     return name
 

@@ -84,12 +84,12 @@ def save_upload(name: str, data: bytes) -> Path:
     import os
     import tempfile
 
-    from core.paths import check_name, uploads_dir
+    from core.paths import safe_filename, uploads_dir
 
     if len(data) > max_upload_bytes():
         raise IrisError(f"{name} is {len(data) / 2**20:.1f} MB, over the {max_upload_bytes() / 2**20:.0f} MB upload "
                         "limit (IRIS_MAX_UPLOAD_MB): load it from the hub or split it.")
-    path = uploads_dir() / check_name(Path(name).name.replace(" ", "_"), "file name")
+    path = uploads_dir() / safe_filename(name)  # `../../x.jsonl`, NUL, newline, 300 characters: made safe
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:  # temp + rename: a half-written upload never looks complete
         f.write(data)

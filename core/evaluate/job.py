@@ -24,12 +24,17 @@ from core.paths import append_jsonl
 def main(plan: EvalPlan) -> Path:
     """Generate every missing answer, then the optional held-out and judge metrics. Returns the plan folder."""
     folder = plan_dir(plan.name)
+    try:  # gone models, question sets, settings: refused before anything is written
+        available = resolve_models(plan)
+        cells, qset = expand(plan, available)
+    except IrisError as err:
+        if jobs.read_status(folder):  # launched from a page (status "queued"): show why it ended there
+            jobs.mark_failed(folder, err)
+        raise
     save_plan(plan)
     jobs.update_status(folder, state="running", pid=os.getpid(), message="checking the plan", error=None,
                        metric_errors={}, judge=None)
     try:
-        available = resolve_models(plan)
-        cells, qset = expand(plan, available)
         if not _answer(folder, plan, cells, qset):
             return folder
         errors, judged = _metrics(folder, plan, qset, available)
@@ -112,5 +117,6 @@ def _metrics(folder: Path, plan: EvalPlan, qset, available: dict) -> tuple[dict[
 
 def launch(plan: EvalPlan) -> int:
     """Save the plan and start it as a background job (pages call this). Returns the pid."""
+    expand(plan)  # refuse gone models, sets and settings here, in the page, before the folder exists
     path = save_plan(plan)
     return jobs.launch(path.parent, jobs.python_module_argv("core.evaluate", str(path)))

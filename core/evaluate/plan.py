@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import load_yaml, save_yaml
+from core.config import check_types, in_range, load_yaml, one_of, save_yaml
 from core.errors import IrisError
 from core.evaluate.questions import QuestionSet, load_set
 from core.paths import check_name, evals_dir
@@ -53,21 +53,35 @@ class EvalPlan:
     """Optional GGUF chat model id that scores answers against the references (automatic, not human)."""
 
     def __post_init__(self) -> None:
-        check_name(self.name, "evaluation plan name")
+        check_types(self)
+        check_name(self.name, "`name` (the evaluation plan's folder)")
+        check_name(self.question_set, "`question_set`")
         for what, items in (("models", self.models), ("settings", self.settings)):
-            if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
-                raise IrisError(f"plan {self.name!r}: `{what}` must be a list of names.")
-            if len(set(items)) != len(items):
-                raise IrisError(f"plan {self.name!r} lists the same entry twice in `{what}`.")
-        if not 1 <= int(self.max_new_tokens) <= 4096:
-            raise IrisError(f"max_new_tokens must be between 1 and 4096, got {self.max_new_tokens}.")
-        if not 1 <= int(self.heldout_rows) <= 10000:
-            raise IrisError(f"heldout_rows must be between 1 and 10000, got {self.heldout_rows}.")
-        for label, values in (self.custom_settings or {}).items():
-            unknown = sorted(set(values or {}) - set(DECODING_FIELDS))
-            if unknown:
-                raise IrisError(f"custom setting {label!r} has unknown field(s) {', '.join(unknown)}; "
-                                f"known: {', '.join(DECODING_FIELDS)}.")
+            for i, item in enumerate(items):
+                if not item.strip():
+                    raise IrisError(f"`{what}[{i}]` is empty: name a {what[:-1]}.")
+            twice = sorted({x for x in items if items.count(x) > 1})
+            if twice:
+                raise IrisError(f"`{what}` lists {twice[0]!r} twice: keep one.")
+        in_range("seed", self.seed, 0)
+        in_range("max_new_tokens", self.max_new_tokens, 1, 4096)
+        in_range("heldout_rows", self.heldout_rows, 1, 10000)
+        if self.heldout_dataset:
+            check_name(self.heldout_dataset, "`heldout_dataset` (a dataset version)")
+        for label, values in self.custom_settings.items():
+            for key in values:
+                one_of(f"custom_settings.{label}.{key}", key, DECODING_FIELDS)
+        from core.inference.settings import PRESETS, DecodingSettings
+
+        for label, values in self.custom_settings.items():
+            try:
+                DecodingSettings(**{**vars(PRESETS.get(label, DecodingSettings())), **values})
+            except IrisError as err:
+                raise IrisError(f"custom_settings.{label}: {err}") from None
+        for label in self.settings:
+            if label not in PRESETS and label not in self.custom_settings:
+                raise IrisError(f"`settings` names {label!r}, which is neither a preset ({', '.join(PRESETS)}) "
+                                "nor a key of `custom_settings`.")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from core.config import parse_yaml
 from core.errors import IrisError
 from core.paths import REPO_ROOT, check_name, evals_dir, write_text
 
@@ -96,16 +97,19 @@ def parse(text: str, fmt: str = "yaml", name: str = "questions", path: Path | No
                 try:
                     items.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise IrisError(f"question set {name!r}, line {n} is not valid JSON: {err.msg}.") from None
+                    raise IrisError(f"question set {name!r}, line {n}, column {err.colno} is not valid JSON: "
+                                    f"{err.msg}; each line must be one {{id, question, reference}} object.") from None
     else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise IrisError(f"question set {name!r} is not valid YAML: {err}") from None
+        data = parse_yaml(text, f"question set {name!r}" + (f" ({path})" if path else ""))
         if isinstance(data, dict):
             description = str(data.get("description") or "")
+            unknown = sorted(set(map(str, data)) - {"name", "description", "questions"})
+            if unknown:
+                raise IrisError(f"question set {name!r}: `{unknown[0]}` is not a question-set key; known keys: "
+                                "name, description, questions.")
             if "questions" not in data:
-                raise IrisError(f"question set {name!r} has no `questions` list.")
+                raise IrisError(f"question set {name!r} has no `questions` list: add `questions:` with items of "
+                                "id, question and reference.")
             items = data["questions"]
         else:
             items = data
@@ -114,18 +118,22 @@ def parse(text: str, fmt: str = "yaml", name: str = "questions", path: Path | No
     questions, seen = [], set()
     for n, item in enumerate(items, 1):
         if not isinstance(item, dict):
-            raise IrisError(f"question set {name!r}, question {n} is not a mapping of id, question, reference.")
+            raise IrisError(f"question set {name!r}: `questions[{n}]` is {item!r}, not a mapping of id, question, "
+                            "reference.")
         for key in REQUIRED:
             value = item.get(key)
             if value is None or not str(value).strip():
-                raise IrisError(f"question set {name!r}, question {n} is missing the field `{key}`.")
+                raise IrisError(f"question set {name!r}: `questions[{n}].{key}` is missing or empty; every question "
+                                "needs id, question and reference.")
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise IrisError(f"question set {name!r}: `questions[{n}].{key}` must be text, got {value!r}.")
         unknown = sorted(set(item) - set(REQUIRED) - set(OPTIONAL))
         if unknown:
-            raise IrisError(f"question set {name!r}, question {n} has unknown field(s) {', '.join(unknown)}; "
+            raise IrisError(f"question set {name!r}: `questions[{n}].{unknown[0]}` is not a question field; "
                             f"known: {', '.join(REQUIRED + OPTIONAL)}.")
         qid = str(item["id"]).strip()
         if qid in seen:
-            raise IrisError(f"question set {name!r} uses the id {qid!r} twice: ids must be unique.")
+            raise IrisError(f"question set {name!r}: `questions[{n}].id` {qid!r} is used twice; ids must be unique.")
         seen.add(qid)
         questions.append(Question(id=qid, question=str(item["question"]).strip(),
                                   reference=str(item["reference"]).strip(), topic=str(item.get("topic") or "")))

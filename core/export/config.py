@@ -1,8 +1,12 @@
 """What an export makes: `ExportConfig` (one dataclass, YAML round-trip) and the one table of quant types."""
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 
+from core.access import check_hub_repo
+from core.config import check_types, in_range, one_of
 from core.errors import IrisError
 from core.paths import check_name
 
@@ -27,6 +31,7 @@ QUANT_TABLE: dict[str, Quant] = {q.name: q for q in (
 )}
 QUANTS = tuple(QUANT_TABLE)
 MODES = ("merged", "lora")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 @dataclass
@@ -58,22 +63,26 @@ class ExportConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if not str(self.source).strip():
-            raise IrisError("choose a run or a model folder to export.")
-        self.quants = [q.lower() for q in (self.quants if isinstance(self.quants, list) else [self.quants])]
-        unknown = [q for q in self.quants if q not in QUANTS]
-        if unknown or not self.quants:
-            raise IrisError(f"unknown quant type {unknown[0] if unknown else '(none)'!r}: choose from {', '.join(QUANTS)}.")
-        self.quants = list(dict.fromkeys(self.quants))
-        if self.mode not in MODES:
-            raise IrisError(f"mode {self.mode!r} is not one of {', '.join(MODES)}.")
-        if self.merge_dtype not in ("f16", "bf16"):
-            raise IrisError(f"merge_dtype {self.merge_dtype!r} is not f16 or bf16.")
+        check_types(self)
+        if not self.source.strip():
+            raise IrisError("`source` is empty: choose a run or a model folder to export.")
+        self.quants = list(dict.fromkeys(q.lower() for q in self.quants))
+        if not self.quants:
+            raise IrisError(f"`quants` is empty: choose at least one of {', '.join(QUANTS)}.")
+        for i, quant in enumerate(self.quants):
+            one_of(f"quants[{i}]", quant, QUANTS)
+        one_of("mode", self.mode, MODES)
+        one_of("merge_dtype", self.merge_dtype, ("f16", "bf16"))
         if self.name:
-            check_name(self.name, "export name")
-        if self.checkpoint is not None and (not isinstance(self.checkpoint, int) or self.checkpoint < 0):
-            raise IrisError(f"checkpoint must be a step number, got {self.checkpoint!r}.")
+            check_name(self.name, "`name` (the export folder)")
+        if self.checkpoint is not None:
+            in_range("checkpoint", self.checkpoint, 0, why="a checkpoint's step number")
+        in_range("threads", self.threads, 0, 1024, why="0 = every core")
         for budget in ("ram_budget_gb", "disk_budget_gb"):
-            value = getattr(self, budget)
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise IrisError(f"{budget} must be a positive number of GB, got {value!r}.")
+            if getattr(self, budget) is not None:
+                in_range(budget, getattr(self, budget), 0, low_open=True, why="GB")
+        if self.push_repo and not _REPO_RE.match(self.push_repo):
+            raise IrisError(f"`push_repo` is {self.push_repo!r}: a hub repo is written namespace/name "
+                            "(letters, digits, '.', '_', '-').")
+        if self.push_repo and os.environ.get("IRIS_HUB_NAMESPACES"):  # the token's own user is checked at push
+            check_hub_repo(self.push_repo)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from core import jobs
+from core.access import check_hub_repo
 from core.config import save_yaml, to_dict
 from core.errors import IrisError
 from core.export import preflight
@@ -210,6 +211,10 @@ def push(out: Path, repo: str, files: list[str]) -> dict:
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:
         return {"repo": repo, "ok": False, "error": "no token: set HF_TOKEN to push"}
+    try:
+        check_hub_repo(repo, token=token)  # only the owner's namespaces (IRIS_HUB_NAMESPACES, else the token's user)
+    except IrisError as err:
+        return {"repo": repo, "ok": False, "error": str(err)}
     try:
         from huggingface_hub import HfApi
 

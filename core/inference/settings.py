@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.config import from_yaml, to_yaml
+from core.config import check_types, from_yaml, in_range, to_yaml
 from core.errors import IrisError
 
 
@@ -25,21 +25,13 @@ class DecodingSettings:
     """Sampling seed, so the same prompt and settings give the same answer."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 0.0 <= float(self.temperature) <= 5.0:
-            problems.append("temperature must be between 0 and 5")
-        if not 0.0 < float(self.top_p) <= 1.0:
-            problems.append("top_p must be in (0, 1]")
-        if int(self.top_k) < 0:
-            problems.append("top_k must be ≥ 0")
-        if not 0.5 <= float(self.repeat_penalty) <= 2.0:
-            problems.append("repeat_penalty must be between 0.5 and 2")
-        if not 1 <= int(self.max_new_tokens) <= 8192:
-            problems.append("max_new_tokens must be between 1 and 8192")
-        if int(self.seed) < 0:
-            problems.append("seed must be ≥ 0")
-        if problems:
-            raise IrisError("decoding settings: " + "; ".join(problems) + ".")
+        check_types(self)
+        in_range("temperature", self.temperature, 0.0, 5.0, why="0 is greedy")
+        in_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        in_range("top_k", self.top_k, 0, why="0 = no limit")
+        in_range("repeat_penalty", self.repeat_penalty, 0.5, 2.0, why="1.0 = off")
+        in_range("max_new_tokens", self.max_new_tokens, 1, 8192)
+        in_range("seed", self.seed, 0)
 
     def to_yaml(self) -> str:
         return to_yaml(self)

@@ -158,6 +158,9 @@ def mirror_to_hub(ckpt: Path, repo_id: str) -> None:
     try:
         from huggingface_hub import HfApi
 
+        from core.access import check_hub_repo
+
+        check_hub_repo(repo_id, "mirror_hub_repo")  # only the owner's namespaces
         api = HfApi()
         api.create_repo(repo_id, private=True, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(ckpt), path_in_repo=ckpt.name)

@@ -9,11 +9,13 @@ or the dataset (does the version exist, is the sequence length within the model'
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import load_yaml
+from core.access import check_hub_repo
+from core.config import check_types, in_range, load_yaml, one_of
 from core.errors import IrisError
 from core.paths import REPO_ROOT, check_name
 
@@ -21,6 +23,7 @@ PRESETS_DIR = REPO_ROOT / "presets"
 BACKENDS = ("auto", "unsloth", "transformers")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+MAX_LORA_R = 4096  # wider than any small model's hidden size; the estimate checks the real one
 LAB_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
@@ -86,42 +89,40 @@ class TrainConfig:
     """Also upload every complete checkpoint to this hub repo (only when online)."""
 
     def __post_init__(self) -> None:
-        if not str(self.base_model).strip():
-            raise IrisError("choose a base model.")
-        if not str(self.dataset).strip():
-            raise IrisError("choose a dataset version.")
-        check_name(self.dataset, "dataset version")
+        check_types(self)  # wrong types first: `learning_rate: fast` is refused here, naming the field
+        if not self.base_model.strip():
+            raise IrisError("`base_model` is empty: choose a registry id, a hub id or a model folder.")
+        if not self.dataset.strip():
+            raise IrisError("`dataset` is empty: choose a saved dataset version (see the Data page).")
+        check_name(self.dataset, "`dataset` (a dataset version)")
         if self.run_name:
-            check_name(self.run_name, "run name")
-        positive = {"lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "max_seq_length": self.max_seq_length,
-                    "batch_size": self.batch_size, "grad_accum": self.grad_accum, "save_steps": self.save_steps,
-                    "logging_steps": self.logging_steps}
-        for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise IrisError(f"{name} must be a whole number above 0, got {value!r}"
-                                + (" (batch size × gradient accumulation must be at least 1)."
-                                   if name in ("batch_size", "grad_accum") else "."))
+            check_name(self.run_name, "`run_name`")
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "save_steps", "logging_steps"):
+            in_range(name, getattr(self, name), 1, why="batch size × gradient accumulation must be at least 1"
+                     if name in ("batch_size", "grad_accum") else "")
         for name in ("max_steps", "warmup_steps", "eval_steps", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise IrisError(f"{name} must be a whole number ≥ 0, got {value!r}.")
-        if self.max_seq_length < 16:
-            raise IrisError(f"max_seq_length {self.max_seq_length} is too short to hold one conversation turn.")
-        if self.max_steps == 0 and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
-            raise IrisError("set max_steps above 0, or epochs above 0 when max_steps is 0.")
-        if not 0 < float(self.learning_rate) < 1:
-            raise IrisError(f"learning_rate {self.learning_rate} is out of range (typical LoRA: 1e-4 to 3e-4).")
-        self.learning_rate = float(self.learning_rate)
-        if not 0 <= float(self.lora_dropout) < 1:
-            raise IrisError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
-            raise IrisError("target_modules must name at least one projection (e.g. q_proj, v_proj).")
-        for name, value, allowed in (("backend", self.backend, BACKENDS), ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("lr_scheduler", self.lr_scheduler, SCHEDULERS)):
-            if value not in allowed:
-                raise IrisError(f"{name} {value!r} is not one of {', '.join(allowed)}.")
+            in_range(name, getattr(self, name), 0)
+        in_range("lora_r", self.lora_r, 1, MAX_LORA_R, why="a rank past the model's hidden size adds nothing")
+        in_range("lora_alpha", self.lora_alpha, 1, 16 * MAX_LORA_R)
+        in_range("max_seq_length", self.max_seq_length, 16, 1 << 20, why="16 tokens hold one short turn")
+        in_range("batch_size", self.batch_size, 1, 4096)
+        if self.max_steps == 0:
+            in_range("epochs", self.epochs, 0, 1000, low_open=True, why="max_steps is 0, so epochs sets the length")
+        in_range("learning_rate", self.learning_rate, 0, 1, low_open=True, high_open=True,
+                 why="typical LoRA: 1e-4 to 3e-4")
+        in_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+        in_range("weight_decay", self.weight_decay, 0, 1)
+        if not self.target_modules or not all(m.strip() for m in self.target_modules):
+            raise IrisError(f"`target_modules` is {self.target_modules!r}: name at least one linear layer "
+                            "(e.g. q_proj, v_proj).")
+        one_of("backend", self.backend, BACKENDS)
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
+        one_of("lr_scheduler", self.lr_scheduler, SCHEDULERS)
+        if self.mirror_hub_repo and os.environ.get("IRIS_HUB_NAMESPACES"):  # else checked at upload
+            check_hub_repo(self.mirror_hub_repo, "mirror_hub_repo")
         if self.load_in_4bit and self.backend == "transformers":
-            raise IrisError("4-bit loading runs through unsloth on CUDA: set backend to auto or unsloth.")
+            raise IrisError("`load_in_4bit` is true but `backend` is transformers: 4-bit loading runs through "
+                            "unsloth on CUDA, so set backend to auto or unsloth.")
 
     @property
     def effective_batch(self) -> int:

@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import IrisError
 from core.train.config import TrainConfig
 
 GIB = 1024**3
@@ -108,6 +109,52 @@ def model_architecture(model_id: str) -> dict | None:
     return None
 
 
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+def linear_module_names(model_dir: Path) -> set[str]:
+    """Names of the model's weight matrices (`q_proj`, `down_proj`, ...), read from the safetensors headers
+    (8-byte length + JSON, a few kB): what LoRA's `target_modules` can name. No weights are loaded."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        keys = json.loads(index.read_text())["weight_map"].keys()
+    else:
+        keys = []
+        for path in sorted(model_dir.glob("*.safetensors")):
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                keys += [k for k, v in json.loads(f.read(size)).items()
+                         if k != "__metadata__" and len(v.get("shape", ())) == 2]
+    return {k.rsplit(".", 2)[-2] for k in keys if k.endswith(".weight") and k.count(".") >= 1}
+
+
+def check_target_modules(cfg: TrainConfig, model_dir: Path | None = None) -> None:
+    """Refuse a `target_modules` entry the base model does not have (peft would skip it silently when another
+    entry matches), listing the ones it has. Uses the model folder when there is one, else the known
+    Llama layout of registry models; a hub model not yet downloaded is checked after it is."""
+    from core import models
+
+    if model_dir is not None:
+        have = linear_module_names(model_dir)
+    elif cfg.base_model in models.LLAMA_CONFIGS or models.is_embedded(cfg.base_model):
+        have = set(LLAMA_LINEAR)
+    else:
+        arch_dir = next((d for d in (Path(cfg.base_model).expanduser(),
+                                     models.models_dir() / cfg.base_model.replace("/", "--"))
+                         if (d / "config.json").exists()), None)
+        if arch_dir is None:
+            return
+        have = linear_module_names(arch_dir)
+    if not have:
+        return  # no safetensors to read (e.g. a .bin checkpoint): peft reports it at load
+    missing = [m for m in cfg.target_modules if m not in have]
+    if missing:
+        raise IrisError(f"`target_modules` names {', '.join(repr(m) for m in missing)}, which "
+                        f"{cfg.base_model} does not have; its linear layers are "
+                        f"{', '.join(sorted(have - {'lm_head', 'embed_tokens'}))}.")
+
+
 def count_params(arch: dict) -> int:
     h, i, n = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"]
     hd = arch.get("head_dim") or h // arch["num_attention_heads"]
@@ -129,7 +176,6 @@ def count_lora(arch: dict, cfg: TrainConfig) -> int:
 def mean_sample_tokens(dataset: str, limit: int = 2000) -> tuple[float, int] | None:
     """(average conversation length in tokens, from characters; row count), or None if the version is missing."""
     from core import versions
-    from core.errors import IrisError
 
     try:
         df = versions.load(dataset)
@@ -165,6 +211,10 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
         arch = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
                 "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072}
         notes.append(f"{cfg.base_model}'s size is unknown until it is downloaded; estimated as a 1B Llama.")
+    try:
+        check_target_modules(cfg)
+    except IrisError as err:
+        problems.append(str(err))
     max_pos = arch.get("max_position_embeddings")
     if max_pos and cfg.max_seq_length > max_pos:
         problems.append(f"max_seq_length {cfg.max_seq_length} is beyond the model's {max_pos} positions: lower it.")
@@ -195,15 +245,34 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
             problems.append(f"{cfg.optimizer} needs a CUDA GPU (bitsandbytes): use adamw_torch here.")
         if cfg.backend == "unsloth":
             problems.append("the unsloth backend needs a CUDA GPU here: use auto or transformers.")
+    smallest = min(arch["hidden_size"], arch.get("num_key_value_heads", arch["num_attention_heads"])
+                   * (arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]))
+    if cfg.lora_r > smallest:
+        problems.append(f"lora_r {cfg.lora_r} is above {smallest}, the narrowest adapted layer of "
+                        f"{cfg.base_model}: a rank past a layer's width adds nothing, so lower lora_r (the lab: 16).")
     if mem["total"] > FIT_FRACTION * device.mem_bytes:
         problems.append(f"needs ~{mem['total'] / GIB:.1f} GiB but the {device.kind.upper()} has "
-                        f"{device.mem_bytes / GIB:.0f} GiB: lower batch_size or max_seq_length"
-                        + (", or turn gradient checkpointing on." if not cfg.gradient_checkpointing else "."))
+                        f"{device.mem_bytes / GIB:.0f} GiB; {_blame(mem, cfg)}")
     if processes > 1:
         notes.append(f"{processes} GPUs visible: launched with `accelerate launch` as {processes} DDP processes "
                      f"(effective batch {cfg.effective_batch * processes}).")
     return Estimate(params, count_lora(arch, cfg), mem["total"], int(tokens_per_step), steps, flops / rate,
                     device, processes, mem, problems, notes)
+
+
+def _blame(mem: dict, cfg: TrainConfig) -> str:
+    """Name the setting that drives the largest part of the memory estimate."""
+    part = max(("weights", "lora+optimizer", "activations"), key=lambda k: mem[k])
+    gib = mem[part] / GIB
+    if part == "lora+optimizer":
+        return (f"the LoRA weights and their optimizer state take {gib:.1f} GiB: lower lora_r ({cfg.lora_r}) "
+                f"or adapt fewer target_modules ({len(cfg.target_modules)}).")
+    if part == "activations":
+        return (f"activations take {gib:.1f} GiB: lower batch_size ({cfg.batch_size}) or max_seq_length "
+                f"({cfg.max_seq_length})" + (", or turn gradient_checkpointing on." if not cfg.gradient_checkpointing
+                                             else "."))
+    return f"the base weights take {gib:.1f} GiB: pick a smaller base_model" + (
+        "." if cfg.load_in_4bit else ", or load_in_4bit on a CUDA GPU.")
 
 
 def fill_card(cfg: TrainConfig, device: Device, target_tokens: int = 16384) -> dict:

@@ -76,7 +76,7 @@ def resume(run_dir: Path, checkpoint: int | None = None) -> int:
 def preflight(cfg: TrainConfig, resolve_model: bool = True) -> Path | None:
     """Refuse what cannot work, with one message: missing dataset, sequence too long, no model, no disk."""
     from core import models
-    from core.train.estimate import estimate
+    from core.train.estimate import check_target_modules, estimate
 
     versions.load_manifest(cfg.dataset)  # raises: the version no longer exists
     est = estimate(cfg)
@@ -85,6 +85,7 @@ def preflight(cfg: TrainConfig, resolve_model: bool = True) -> Path | None:
     model_dir = None
     if resolve_model:
         model_dir = models.resolve(cfg.base_model)  # raises IrisError offline / unknown id
+        check_target_modules(cfg, model_dir)  # names peft would skip silently
         max_pos = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
         if max_pos and cfg.max_seq_length > max_pos:
             raise IrisError(f"max_seq_length {cfg.max_seq_length} is beyond {cfg.base_model}'s "
