@@ -4,9 +4,9 @@
   and one process trains: faster kernels and its own offloaded gradient checkpointing;
 - transformers + peft + trl `SFTTrainer` everywhere else (CPU, several GPUs under accelerate/DDP).
 
-Both train on the canonical `messages` column (trl applies the chat template itself; pre-rendered text
-would get a second BOS) with Iris's own training-compatible chat templates, whose `{% generation %}`
-markers let trl mask everything but the assistant's replies (`assistant_only_loss`). The adapter is
+Both train on rows tokenised by `core.train.tokens` from the canonical `messages` column with Iris's own
+training-compatible chat templates (pre-rendered text would get a second BOS), whose `{% generation %}`
+markers mask everything but the assistant's replies (`assistant_only_loss`) in the rows' labels. The adapter is
 saved with the same template minus the markers, which is what inference engines can parse.
 """
 from __future__ import annotations
@@ -128,7 +128,9 @@ def load_model(cfg: TrainConfig, model_dir: Path, backend: str):
     return model, tokenizer, peft_config
 
 
-def sft_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool):
+def sft_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool, streaming: bool = False):
+    """trl's SFTConfig for `cfg`. Datasets arrive tokenised (core.train.tokens: labels already carry the
+    assistant-only mask), so trl neither tokenises nor masks; `streaming` datasets are not prepared at all."""
     from trl import SFTConfig
 
     cuda = cuda_available()
@@ -147,7 +149,9 @@ def sft_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool)
         bf16=bf16, fp16=False, use_cpu=not cuda,
         # unsloth applies its own (offloaded) checkpointing inside get_peft_model
         gradient_checkpointing=cfg.gradient_checkpointing and backend != "unsloth",
-        max_length=cfg.max_seq_length, packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss,
+        max_length=cfg.max_seq_length, packing=cfg.packing, assistant_only_loss=False,
+        dataset_kwargs={"skip_prepare_dataset": True} if streaming else None,
+        remove_unused_columns=not streaming,  # the transform needs its `index` column
         include_num_input_tokens_seen="non_padding",  # tokens/s in metrics.jsonl, on every backend
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, save_only_model=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
@@ -183,7 +187,8 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, peft_config, train_ds, eva
         from trl import SFTTrainer  # unsloth has patched this class in place
     else:
         SFTTrainer = trainer_class()
-    args = sft_config(cfg, output_dir, backend, eval_ds is not None)
+    streaming = train_ds.format["type"] == "custom"  # core.train.tokens' on-demand transform
+    args = sft_config(cfg, output_dir, backend, eval_ds is not None, streaming)
     kwargs = dict(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                   processing_class=tokenizer, callbacks=callbacks)
     if peft_config is not None:
