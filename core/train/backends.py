@@ -1,8 +1,8 @@
 """The two training backends behind one interface: `load_model` then `build_trainer`.
 
-- unsloth (`FastLanguageModel` + its patched trl `SFTTrainer`) when CUDA is available, unsloth imports
-  and one process trains: faster kernels and its own offloaded gradient checkpointing;
-- transformers + peft + trl `SFTTrainer` everywhere else (CPU, several GPUs under accelerate/DDP).
+- unsloth (`FastLanguageModel` + its patched trl `SFTTrainer`) when CUDA is available and unsloth imports,
+  in one process or one per GPU (DDP): faster kernels and its own offloaded gradient checkpointing;
+- transformers + peft + trl `SFTTrainer` everywhere else (CPU, CPU DDP with gloo, no unsloth).
 
 Both train on rows tokenised by `core.train.tokens` from the canonical `messages` column with Iris's own
 training-compatible chat templates (pre-rendered text would get a second BOS), whose `{% generation %}`
@@ -79,26 +79,29 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def choose(cfg: TrainConfig) -> str:
-    """'unsloth' or 'transformers' for this process. Imports unsloth (before trl) when it is chosen."""
+def choose(cfg: TrainConfig) -> tuple[str, str]:
+    """('unsloth' or 'transformers', why) for this process; imports unsloth (before trl) when it is chosen.
+
+    Under DDP (several processes) unsloth is tried too, each process on its own GPU; when it does not import,
+    every process falls back to transformers + peft the same way, and `why` says so.
+    """
     if cfg.backend == "transformers":
-        return "transformers"
+        return "transformers", "set in the config"
     if not cuda_available():
         if cfg.backend == "unsloth" or cfg.load_in_4bit:
             raise IrisError("unsloth and 4-bit loading need a CUDA GPU, and none is visible: set backend to "
                             "auto or transformers and turn 4-bit off.")
-        return "transformers"
-    if world_size() > 1 and cfg.backend == "auto":
-        return "transformers"  # DDP runs through accelerate + peft, which every process supports the same way
+        return "transformers", "no CUDA GPU (unsloth needs one)"
     try:
         import unsloth  # noqa: F401 - must be imported before trl/transformers models to patch them
     except Exception as err:  # unsloth's import fails in many ways (missing kernels, versions)
         if cfg.backend == "unsloth" or cfg.load_in_4bit:
             raise IrisError(f"unsloth does not import here ({type(err).__name__}: {err}); install "
                             "requirements-gpu.txt or set backend to transformers.") from None
-        print(f"unsloth unavailable ({type(err).__name__}); using transformers+peft+trl", flush=True)
-        return "transformers"
-    return "unsloth"
+        why = f"unsloth does not import ({type(err).__name__}: {str(err)[:200]})"
+        print(f"{why}; using transformers+peft+trl", flush=True)
+        return "transformers", why
+    return "unsloth", f"CUDA and unsloth, {world_size()} process(es)"
 
 
 def load_model(cfg: TrainConfig, model_dir: Path, backend: str):
@@ -108,9 +111,10 @@ def load_model(cfg: TrainConfig, model_dir: Path, backend: str):
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
+        extra = {"device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}} if world_size() > 1 else {}
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(model_dir), max_seq_length=cfg.max_seq_length, dtype=None,
-            load_in_4bit=cfg.load_in_4bit, local_files_only=True)
+            load_in_4bit=cfg.load_in_4bit, local_files_only=True, **extra)  # DDP: each process its own GPU
         model = FastLanguageModel.get_peft_model(
             model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules), bias="none", random_state=cfg.seed,

@@ -200,10 +200,37 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
                         f"{device.mem_bytes / GIB:.0f} GiB: lower batch_size or max_seq_length"
                         + (", or turn gradient checkpointing on." if not cfg.gradient_checkpointing else "."))
     if processes > 1:
-        notes.append(f"{processes} GPUs visible: launched with `accelerate launch` as {processes} DDP processes "
-                     f"(effective batch {cfg.effective_batch * processes}).")
-    return Estimate(params, count_lora(arch, cfg), mem["total"], int(tokens_per_step), steps, flops / rate,
+        notes.append(f"Processes: {processes} (DDP): {processes} GPUs visible, launched with `accelerate launch`; "
+                     f"memory is per GPU, effective batch {cfg.effective_batch * processes}.")
+    seconds = flops / rate
+    if rows is not None:
+        seconds, timing = _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds)
+        mem.update(timing)
+        notes.extend(timing.pop("notes", []))
+    return Estimate(params, count_lora(arch, cfg), mem["total"], int(tokens_per_step), steps, seconds,
                     device, processes, mem, problems, notes)
+
+
+def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds) -> tuple[float, dict]:
+    """Training time from bench/train_gpu.py's measured rates on this version's lengths (CUDA), plus the phases
+    before step 1 (core.train.throughput owns both)."""
+    from core import models
+    from core.train import throughput
+
+    out = {"notes": []}
+    if device.kind == "cuda":
+        backend = "transformers" if cfg.backend == "transformers" else "unsloth"
+        got = throughput.cuda_seconds(cfg, arch, params, throughput.version_lengths(cfg.dataset, cfg.max_seq_length),
+                                      n_rows, processes, backend)
+        seconds = got["seconds"]
+        out["real_tokens_per_s"] = got["real_tokens_per_s"]
+        out["notes"].append(f"Expected ~{got['real_tokens_per_s']:,.0f} real tokens/s ({got['pad_share']:.0%} padding) "
+                            f"on this version's lengths (mean {got['mean_tokens']:.0f} tokens): one epoch ≈ "
+                            f"{_duration(got['epoch_seconds'])}.")
+    ready = not models.is_embedded(cfg.base_model) or (models.models_dir() / models.EMBEDDED_ID / "model.safetensors").exists()
+    startup = throughput.startup_seconds(cfg, device.kind, n_rows, ready, cached=False)
+    out["startup_s"] = startup
+    return seconds + sum(startup.values()), out
 
 
 def fill_card(cfg: TrainConfig, device: Device, target_tokens: int = 16384) -> dict:

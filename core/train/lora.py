@@ -4,13 +4,13 @@ Run as: python -m core.train CONFIG.yaml | --resume RUN_DIR [--checkpoint N]   (
 
 The run directory (core.runs) is the interface: pages, Export and Chat read it; nothing else is shared.
 A graceful stop (core.jobs STOP file) saves a checkpoint and ends in state "stopped". With more than one
-GPU visible the page launches this module through `accelerate launch` (one DDP process per GPU).
+GPU visible the page launches this module through `accelerate launch` (one DDP process per GPU; see
+core.train.launch, which also writes the launch files for several hosts).
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from core import jobs, versions
@@ -30,21 +30,9 @@ from core.runs import (
     run_path,
 )
 from core.train.config import TrainConfig
+from core.train.launch import launcher_argv
 
 # ---- launching from a page -----------------------------------------------------------------------------
-
-def launcher_argv(*args: str) -> tuple[list[str], int]:
-    """`python -m core.train ...`, or `accelerate launch` with one process per visible GPU."""
-    from core.train.estimate import detect_device
-
-    device = detect_device()
-    if device.kind == "cuda" and device.count > 1:
-        argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                f"--num_processes={device.count}", "--num_machines=1", "--mixed_precision=bf16",
-                "--dynamo_backend=no", "-m", "core.train", *args]
-        return argv, device.count
-    return jobs.python_module_argv("core.train", *args), 1
-
 
 def start(cfg: TrainConfig) -> Path:
     """Create the run directory, write config.yaml and launch the job. Returns the run directory."""
@@ -59,6 +47,21 @@ def start(cfg: TrainConfig) -> Path:
     jobs.launch(run_dir, argv, log_name=LOG)
     jobs.update_status(run_dir, processes=processes, phase="starting Python")
     return run_dir
+
+
+def prepare_cluster(cfg: TrainConfig, hosts: list[str], gpus_per_host: int) -> tuple[Path, list[Path]]:
+    """A run directory with config.yaml and the per-host launch files (core.train.launch); starts nothing."""
+    from core.train.launch import check_hosts, write_cluster_files
+
+    hosts = check_hosts(hosts, gpus_per_host)
+    cfg.with_run_name()
+    preflight(cfg, resolve_model=False)
+    run_dir = run_path(cfg.run_name)
+    if (run_dir / CONFIG).exists() and list_checkpoints(run_dir):
+        raise IrisError(f"run {cfg.run_name!r} already has checkpoints: resume it, or choose another name.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / CONFIG)
+    return run_dir, write_cluster_files(run_dir, hosts, gpus_per_host)
 
 
 def resume(run_dir: Path, checkpoint: int | None = None) -> int:
@@ -162,7 +165,7 @@ def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None 
     if main_proc and (run_dir / CONFIG).exists():
         jobs.update_status(run_dir, state="running", pid=os.getpid(), error=None, message="starting")
         set_phase(run_dir, "importing libraries")
-    backend = backends.choose(cfg)  # first: unsloth must be imported before transformers and trl
+    backend, why = backends.choose(cfg)  # first: unsloth must be imported before transformers and trl
     from core.train.callbacks import IrisCallback, drop_torn_checkpoints, truncate_metrics
     from core.train.tokens import flush_callback
     if main_proc and (run_dir / CONFIG).exists():
@@ -192,7 +195,8 @@ def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None 
     trainer = backends.build_trainer(cfg, model, tokenizer, peft_config, train_ds, eval_ds,
                                      run_dir / CHECKPOINTS, backend, [callback, flush_callback(sources), phase_callback(run_dir)])
     if main_proc:
-        jobs.update_status(run_dir, message=f"training ({backend}, {family} template)", backend=backend)
+        jobs.update_status(run_dir, message=f"training ({backend}, {family} template)", backend=backend,
+                           backend_reason=why)
     set_phase(run_dir, "first step")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     stopped = callback.stop_seen

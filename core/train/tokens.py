@@ -31,7 +31,7 @@ from typing import Callable
 
 from core import versions
 from core.errors import IrisError
-from core.paths import iris_home
+from core.paths import iris_home, write_json
 
 CACHE_FORMAT = 1  # bump when the stored columns or their meaning change
 FLUSH_ROWS = 2000  # write the cache every N new rows, so a long first pass survives a kill
@@ -152,7 +152,12 @@ class RowSource:
     def __init__(self, name: str, split: str, tokenizer, max_length: int, assistant_only: bool):
         self.column, self.keep = conversations(name, split, assistant_only)
         self.tokenizer, self.max_length, self.assistant_only = tokenizer, max_length, assistant_only
-        self.cache = TokenCache(cache_root() / cache_key(name, split, tokenizer, max_length, assistant_only))
+        folder = cache_root() / cache_key(name, split, tokenizer, max_length, assistant_only)
+        self.cache = TokenCache(folder)
+        if not (folder / "meta.json").exists():  # what the key stands for, for estimates that look for lengths
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "meta.json", {"dataset": name, "split": split, "max_length": max_length,
+                                              "assistant_only": assistant_only, "rows": len(self.keep)})
 
     def __len__(self) -> int:
         return len(self.keep)
