@@ -12,8 +12,10 @@ q,k,v,o,up,down, bf16. Paths, each in its own process (unsloth patches transform
   plain-lab    transformers + peft + trl at the lab's settings (2 × 4, padding, trl's checkpointing, adamw_8bit)
   unsloth-lab  unsloth at the lab's settings, padded batches (UNSLOTH_PADDING_CHOICE=padded)
   iris         Iris's choice: unsloth with what core.train.estimate.fill_card picks (packing, no checkpointing)
+               and varlen flash attention for packed rows (core.train.kernels)
   plain-iris   transformers + peft + trl at Iris's settings (splits the gain into settings and kernels)
-  iris-32k / iris-64k   Iris's choice with a 2× / 4× token budget per micro-batch (attempts)
+  iris-sdpa    Iris's choice with unsloth's own packed attention on this torch (one SDPA call per segment run)
+  iris-32k / iris-64k / iris-sdpa-32k   the same with a 2× / 4× token budget per micro-batch (attempts)
 Per path: real tok/s (attention masks / packed sequence positions of the micro-batches collated in the timed
 window), padded tok/s, pad share, optimizer steps/s, conversations per step, peak allocated / reserved memory,
 MFU as 4N + causal attention FLOPs per real token against 989e12 (6N beside it, labelled), and the implied
@@ -34,9 +36,11 @@ sys.path.insert(0, str(REPO))
 
 MODEL_ID = "unsloth/Llama-3.2-1B-Instruct"
 SEQ = 2048
-PATHS = {  # backend, lab settings?, token budget multiplier
-    "plain-lab": ("transformers", True, 1), "unsloth-lab": ("unsloth", True, 1), "iris": ("unsloth", False, 1),
-    "plain-iris": ("transformers", False, 1), "iris-32k": ("unsloth", False, 2), "iris-64k": ("unsloth", False, 4),
+PATHS = {  # backend, lab settings?, token budget multiplier, varlen attention for packed rows (core.train.kernels)
+    "plain-lab": ("transformers", True, 1, False), "unsloth-lab": ("unsloth", True, 1, False),
+    "iris": ("unsloth", False, 1, True), "plain-iris": ("transformers", False, 1, False),
+    "iris-sdpa": ("unsloth", False, 1, False), "iris-32k": ("unsloth", False, 2, True),
+    "iris-64k": ("unsloth", False, 4, True), "iris-sdpa-32k": ("unsloth", False, 2, False),
 }
 
 
@@ -104,7 +108,7 @@ def configure(name: str, steps: int, warmup: int):
     from core.train.config import TrainConfig
     from core.train.estimate import Device, fill_card
 
-    backend, lab, budget = PATHS[name]
+    backend, lab, budget, _ = PATHS[name]
     cfg = TrainConfig(base_model=MODEL_ID, dataset="bench", max_seq_length=SEQ, batch_size=2, grad_accum=4,
                       optimizer="adamw_8bit", assistant_only_loss=False, max_steps=warmup + steps,
                       save_steps=10**6, logging_steps=5, backend=backend)
@@ -123,6 +127,11 @@ def run_path(name: str, model_dir: Path, lengths: list[int], steps: int, warmup:
         if PATHS[name][1]:
             os.environ["UNSLOTH_PADDING_CHOICE"] = "padded"  # the lab's padded batches
         import unsloth  # noqa: F401 - before trl
+    varlen = "off"
+    if PATHS[name][3]:
+        from core.train.kernels import enable_packed_varlen
+
+        varlen = enable_packed_varlen()
     import torch
     from transformers import TrainerCallback
 
@@ -175,7 +184,7 @@ def run_path(name: str, model_dir: Path, lengths: list[int], steps: int, warmup:
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
             "mfu_4n_attn": real_tps * per_token / throughput.H100_PEAK, "mfu_6n": real_tps * 6 * params / throughput.H100_PEAK,
             "epoch_100k_min": epoch_tokens / real_tps / 60, "params": params, "seconds": seconds,
-            "gpu": torch.cuda.get_device_name(0)}
+            "gpu": torch.cuda.get_device_name(0), "varlen": varlen}
 
 
 def print_table(results: list[dict], lengths: list[int], args) -> None:
@@ -224,7 +233,8 @@ def main() -> None:
             print(f"{name}: failed (rc {proc.returncode})\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}", flush=True)
             continue
         results.append(json.loads(lines[-1][7:]))
-        print(f"{name}: done in {time.time() - t:.0f} s, {results[-1]['real_tps']:,.0f} real tok/s", flush=True)
+        print(f"{name}: done in {time.time() - t:.0f} s, {results[-1]['real_tps']:,.0f} real tok/s, "
+              f"varlen {results[-1]['varlen']}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     print_table(results, lengths, args)

@@ -101,7 +101,11 @@ def choose(cfg: TrainConfig) -> tuple[str, str]:
         why = f"unsloth does not import ({type(err).__name__}: {str(err)[:200]})"
         print(f"{why}; using transformers+peft+trl", flush=True)
         return "transformers", why
-    return "unsloth", f"CUDA and unsloth, {world_size()} process(es)"
+    from core.train.kernels import enable_packed_varlen
+
+    varlen = enable_packed_varlen()  # packed rows: one varlen flash call per layer (2.1× on FineTome lengths)
+    print(f"iris: packed-row attention {varlen}", flush=True)
+    return "unsloth", f"CUDA and unsloth, {world_size()} process(es); packed attention {varlen}"
 
 
 def load_model(cfg: TrainConfig, model_dir: Path, backend: str):

@@ -233,14 +233,17 @@ def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds) -> 
     return seconds + sum(startup.values()), out
 
 
-def fill_card(cfg: TrainConfig, device: Device, target_tokens: int = 16384) -> dict:
+def fill_card(cfg: TrainConfig, device: Device, target_tokens: int | None = None) -> dict:
     """Batch size, packing and checkpointing that keep a GPU busy: Iris's own choice for a card.
 
-    Packing makes every row max_seq_length long (no pad tokens). Micro-batches of ~16k tokens keep an
-    H100's matrix units busy for a 1B model; recomputation (gradient checkpointing) costs ~1/3 more
+    Packing makes every row max_seq_length long (no pad tokens). Micro-batches of ~32k tokens
+    (core.train.throughput.TOKEN_BUDGET, measured) keep an H200 busy for a 1B model; recomputation (gradient checkpointing) costs ~1/3 more
     FLOPs, so it stays off whenever that micro-batch fits without it. Gradient accumulation keeps the
     effective batch (in conversations) near the config's.
     """
+    from core.train.throughput import TOKEN_BUDGET  # what bench/train_gpu.py found fastest
+
+    target_tokens = target_tokens or TOKEN_BUDGET
     arch = model_architecture(cfg.base_model)
     best = None
     for gc in (False, True):

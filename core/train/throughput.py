@@ -15,17 +15,19 @@ import random
 
 H100_PEAK = 989e12  # dense bf16 FLOP/s, H100/H200 datasheet
 
-# MFU (4N + attention, vs H100_PEAK) measured by bench/train_gpu.py on one H200 (Llama-3.2-1B config, LoRA r=16,
-# FineTome-shaped rows), per (backend, packing, gradient checkpointing). See bench/train_gpu_results.md.
+# MFU (4N + attention, vs H100_PEAK) measured by bench/train_gpu.py on one H200 on 2026-11-29 (Llama-3.2-1B config,
+# LoRA r=16, FineTome-shaped rows, mean 472 tokens), per (backend, packing, gradient checkpointing); the real tok/s
+# each gave is beside it. See bench/train_gpu_results.md.
 MEASURED_MFU = {
-    ("transformers", False, True): 0.016,   # plain trl, lab settings: 2,390 real tok/s (2026-11-29)
-    ("unsloth", False, True): 0.037,        # unsloth, lab settings, padding: 5,618
-    ("transformers", True, False): 0.074,   # plain trl padding-free, batch 8, no checkpointing: 11,186
-    ("unsloth", True, False): 0.20,         # Iris's choice, packing, batch 8: 30,883
+    ("transformers", False, True): 0.014,   # plain trl, lab settings (2 × 4, padding): 2,705 real tok/s
+    ("unsloth", False, True): 0.025,        # unsloth, lab settings, padded: 4,842
+    ("transformers", True, False): 0.074,   # plain trl at Iris's settings (packing, 8 × 2048): 14,561
+    ("unsloth", True, False): 0.353,        # Iris's choice (packing, varlen attention, 16 × 2048): 69,399
 }
 DEFAULT_MFU = 0.10
-# Iris's token budget per micro-batch on a GPU (fill_card's target): packed rows of max_seq_length
-TOKEN_BUDGET = 16384
+# Iris's token budget per micro-batch on a GPU (fill_card's target, packed rows of max_seq_length): 32k tokens
+# gave 69.4k real tok/s vs 64.5k at 16k (49.5 vs 26.0 GiB); 64k fitted no larger batch on the H200.
+TOKEN_BUDGET = 32768
 
 
 def batch_tokens(batch: dict) -> dict:

@@ -41,13 +41,27 @@ def cache_root() -> Path:
     return iris_home() / "cache" / "tokens"
 
 
-def conversations(name: str, split: str, assistant_only: bool) -> tuple[list, list[int]]:
-    """(the split's `messages` column, positions of the rows that can train): rows with no assistant reply are
-    left out when assistant-only. Positions are stable for a version (versions are immutable)."""
-    df = versions.load(name, split)
-    column = df["messages"].tolist()
-    keep = [i for i, msgs in enumerate(column)
-            if not assistant_only or any(m["role"] == "assistant" and str(m.get("content") or "") for m in msgs)]
+def conversations(name: str, split: str, assistant_only: bool) -> tuple:
+    """(the split's `messages` column as an Arrow array, positions of the rows that can train): rows with no
+    assistant reply are left out when assistant-only. Positions are stable for a version (versions are
+    immutable). Arrow, not pandas: 100k FineTome rows load and filter in about a second, not fifteen."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    versions.load_manifest(name)  # raises: the version no longer exists
+    path = versions.version_dir(name) / (versions.TRAIN if split == "train" else versions.EVAL)
+    if not path.exists():
+        raise IrisError(f"dataset version {name!r} has no {split} split: save it with an eval split.")
+    column = pq.read_table(path, columns=["messages"]).column("messages").combine_chunks()
+    if assistant_only:
+        turns = pc.list_flatten(column)
+        replies = pc.and_(pc.equal(turns.field("role"), "assistant"),
+                          pc.greater(pc.utf8_length(pc.fill_null(turns.field("content"), "")), 0))
+        parents = pc.list_parent_indices(column).to_numpy()
+        keep = np.unique(parents[replies.to_numpy(zero_copy_only=False).astype(bool)]).tolist()
+    else:
+        keep = list(range(len(column)))
     if not keep:
         raise IrisError(f"dataset version {name!r} ({split}) has no conversation with an assistant reply.")
     return column, keep
@@ -167,7 +181,8 @@ class RowSource:
         row = self.keep[index]
         hit = self.cache.get(row)
         if hit is None:
-            hit = tokenise(self.tokenizer, plain_messages(self.column[row]), self.max_length, self.assistant_only)
+            hit = tokenise(self.tokenizer, plain_messages(self.column[row].as_py()), self.max_length,
+                           self.assistant_only)
             self.cache.put(row, *hit)
             if len(self.cache.pending) >= FLUSH_ROWS:
                 self.cache.flush()
