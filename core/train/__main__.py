@@ -36,7 +36,6 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpus-per-host", type=int, default=1, metavar="G", help="DDP processes per host")
     args = parser.parse_args(argv)
     run_dir = None
-    signal.signal(signal.SIGTERM, _terminated)
     try:
         if args.hosts:
             if not args.config:
@@ -68,4 +67,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     cli()

@@ -199,21 +199,27 @@ class RowSource:
         return Dataset.from_dict({"index": list(range(len(self)))}).with_transform(transform)
 
     def full_dataset(self, progress: Callable[[int, int], None] | None = None, every_s: float = 1.0):
-        """Every row tokenised (from the cache where it can), as a Dataset with input_ids and labels."""
+        """Every row tokenised (the ones not in the cache first), as a Dataset with input_ids and labels, in the
+        version's order. Built straight from the cache's Arrow tables: a cached 100k-row version takes seconds."""
+        import numpy as np
+        import pyarrow as pa
         from datasets import Dataset
+        from datasets.table import InMemoryTable
 
-        ids, labels, last = [], [], 0.0
-        for i in range(len(self)):
-            a, b = self.encode(i)
-            ids.append(a)
-            labels.append(b)
+        missing = [i for i in range(len(self)) if self.cache.get(self.keep[i]) is None]
+        done, last = len(self) - len(missing), 0.0
+        for n, i in enumerate(missing):
+            self.encode(i)
             if progress and time.time() - last >= every_s:
-                progress(i, len(self))
+                progress(done + n, len(self))
                 last = time.time()
         self.cache.flush()
         if progress:
             progress(len(self), len(self))
-        return Dataset.from_dict({"input_ids": ids, "labels": labels})
+        table = pa.concat_tables(t.select(["row", "input_ids", "labels"]) for t in self.cache.tables)
+        rows, first = np.unique(table.column("row").to_numpy(), return_index=True)
+        picked = table.take(pa.array(first[np.searchsorted(rows, np.asarray(self.keep))]))
+        return Dataset(InMemoryTable(picked.select(["input_ids", "labels"]).combine_chunks()))
 
 
 def flush_callback(sources: list[RowSource]):
