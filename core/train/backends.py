@@ -186,6 +186,20 @@ def trainer_class():
             inputs = {k: v for k, v in inputs.items() if k not in ("completion_mask", "assistant_masks")}
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            """Under CPU DDP transformers maps the optimizer state to args.device, torch.device('cpu', 0), whose
+            name torch.load cannot restore to ("cpu:0"): read it onto the plain CPU there, as one process does."""
+            if not (checkpoint and self.args.device.type == "cpu" and self.args.world_size > 1):
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            import torch
+
+            load = torch.load
+            torch.load = lambda *a, **kw: load(*a, **{**kw, "map_location": "cpu"})
+            try:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            finally:
+                torch.load = load
+
     return IrisSFTTrainer
 
 
