@@ -5,6 +5,9 @@ The launcher writes nothing but the command; the job itself keeps `status.json` 
     {"state": "running", "pid": 1234, "step": 40, "total": 100, "eta_s": 312.5,
      "started": 1764000000.0, "updated": 1764000042.1, "message": "...", "error": null}
 
+Before its first step a job may say what it is doing in `phase` (e.g. "tokenising"), with `phase_done` /
+`phase_total` when that phase counts something (120 of 86892 rows); `progress_line` shows them.
+
 `state` is one of queued, running, stopping, stopped, completed, failed. A job killed hard cannot
 say so itself; `read_status` notices that its pid is gone and reports it as `died`, so a browser
 refresh or an app restart always shows the truth on disk.
@@ -162,6 +165,12 @@ def progress_line(status: dict, unit: str = "steps") -> tuple[float, str]:
     Every page's progress bar says the same things the same way."""
     state, step, total = status.get("state", "not started"), status.get("step") or 0, status.get("total") or 0
     text = f"{state}: {step}/{total or '?'} {unit}"
+    phase = status.get("phase") if state in ACTIVE else None  # what a job does before its first step
+    if phase:
+        done, of = status.get("phase_done"), status.get("phase_total")
+        text += f" · {phase}" + (f" {done:,}/{of:,}" if of else "")
+        if of and not total:
+            return min(1.0, (done or 0) / of), text
     if status.get("eta_s") and state == "running":
         text += f", ETA {status['eta_s'] / 60:.1f} min"
     if status.get("message") and status.get("message") != state:

@@ -2,7 +2,8 @@
 
     IRIS_HOME/runs/<run>/
       config.yaml       the TrainConfig (core.train.config)
-      status.json       state, pid, step, total, eta_s (core.jobs)
+      status.json       state, pid, step, total, eta_s (core.jobs); before step 1 also phase, phase_done,
+                        phase_total (e.g. "tokenising", 120, 86892), rows_tokenised / rows_cached at the end
       metrics.jsonl     one line per log: step, loss, eval_loss, lr, grad_norm, tokens_per_s, epoch, time
       train.log         the job's stdout/stderr
       checkpoints/checkpoint-N/   HF Trainer checkpoint (adapter, optimizer, scheduler, RNG, trainer_state);
@@ -92,7 +93,7 @@ def list_runs() -> list[dict]:
             continue
         cfg, status = read_config(folder), jobs.read_status(folder)
         out.append({"run": folder.name, "state": status.get("state", "new"), "step": status.get("step"),
-                    "total": status.get("total"), "checkpoints": list_checkpoints(folder), "path": folder,
+                    "total": status.get("total"), "progress": jobs.progress_line(status)[1], "checkpoints": list_checkpoints(folder), "path": folder,
                     "base_model": cfg.get("base_model"), "dataset": cfg.get("dataset")})
     return out
 

@@ -3,10 +3,14 @@
 Run as:
     python -m core.train CONFIG.yaml                          # a new run (IRIS_HOME/runs/<run_name>/)
     python -m core.train --resume RUN_DIR [--checkpoint N]    # continue from the latest (or step N) checkpoint
+    python -m core.train CONFIG.yaml --hosts H1,H2 --gpus-per-host 8
+        # writes RUN_DIR/launch/: an accelerate config per host and torchrun.sh (one line per host); start each
+        # host's line on that host (the run directory on a filesystem every host shares, at the same path)
 """
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from core import jobs
@@ -14,7 +18,12 @@ from core.config import load_yaml
 from core.errors import IrisError, cli_exit
 from core.runs import CONFIG, run_path
 from core.train.config import TrainConfig
-from core.train.lora import is_main_process, main, resume_run
+from core.train.lora import is_main_process, main, prepare_cluster, resume_run
+
+
+def _terminated(signum, frame):
+    """torchrun/accelerate end the other ranks with SIGTERM when one dies: fail the run instead of vanishing."""
+    raise SystemExit(f"ended by signal {signum} (another process of this run failed, or the job was stopped)")
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -22,9 +31,20 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("config", nargs="?", help="TrainConfig YAML (a preset, or a run's config.yaml)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run (or a mirror of it)")
     parser.add_argument("--checkpoint", type=int, metavar="N", help="resume from checkpoint-N, not the latest")
+    parser.add_argument("--hosts", metavar="H1,H2", help="write launch files for these hosts (first = rank 0), "
+                        "do not train here")
+    parser.add_argument("--gpus-per-host", type=int, default=1, metavar="G", help="DDP processes per host")
     args = parser.parse_args(argv)
     run_dir = None
     try:
+        if args.hosts:
+            if not args.config:
+                parser.error("--hosts needs a CONFIG.yaml")
+            run_dir, files = prepare_cluster(load_yaml(TrainConfig, Path(args.config)), args.hosts.split(","),
+                                             args.gpus_per_host)
+            print("\n".join(str(f) for f in files))
+            print((run_dir / "launch" / "torchrun.sh").read_text())
+            return
         if args.resume:
             run_dir = Path(args.resume)
             out = resume_run(run_dir, args.checkpoint)
@@ -39,7 +59,7 @@ def cli(argv: list[str] | None = None) -> None:
             parser.error("give a CONFIG.yaml, or --resume RUN_DIR")
         print(f"run: {out}")
     except BaseException as err:
-        if run_dir is not None and (run_dir / CONFIG).exists() and is_main_process():
+        if run_dir is not None and (run_dir / CONFIG).exists() and is_main_process() and not args.hosts:
             jobs.mark_failed(run_dir, err)
         if isinstance(err, IrisError):
             cli_exit(err)
@@ -47,4 +67,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     cli()

@@ -254,9 +254,14 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
         problems.append(f"needs ~{mem['total'] / GIB:.1f} GiB but the {device.kind.upper()} has "
                         f"{device.mem_bytes / GIB:.0f} GiB; {_blame(mem, cfg)}")
     if processes > 1:
-        notes.append(f"{processes} GPUs visible: launched with `accelerate launch` as {processes} DDP processes "
-                     f"(effective batch {cfg.effective_batch * processes}).")
-    return Estimate(params, count_lora(arch, cfg), mem["total"], int(tokens_per_step), steps, flops / rate,
+        notes.append(f"Processes: {processes} (DDP): {processes} GPUs visible, launched with `accelerate launch`; "
+                     f"memory is per GPU, effective batch {cfg.effective_batch * processes}.")
+    seconds = flops / rate
+    if rows is not None:
+        seconds, timing = _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds)
+        mem.update(timing)
+        notes.extend(timing.pop("notes", []))
+    return Estimate(params, count_lora(arch, cfg), mem["total"], int(tokens_per_step), steps, seconds,
                     device, processes, mem, problems, notes)
 
 
@@ -275,14 +280,39 @@ def _blame(mem: dict, cfg: TrainConfig) -> str:
         "." if cfg.load_in_4bit else ", or load_in_4bit on a CUDA GPU.")
 
 
-def fill_card(cfg: TrainConfig, device: Device, target_tokens: int = 16384) -> dict:
+def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds) -> tuple[float, dict]:
+    """Training time from bench/train_gpu.py's measured rates on this version's lengths (CUDA), plus the phases
+    before step 1 (core.train.throughput owns both)."""
+    from core import models
+    from core.train import throughput
+
+    out = {"notes": []}
+    if device.kind == "cuda":
+        backend = "transformers" if cfg.backend == "transformers" else "unsloth"
+        got = throughput.cuda_seconds(cfg, arch, params, throughput.version_lengths(cfg.dataset, cfg.max_seq_length),
+                                      n_rows, processes, backend)
+        seconds = got["seconds"]
+        out["real_tokens_per_s"] = got["real_tokens_per_s"]
+        out["notes"].append(f"Expected ~{got['real_tokens_per_s']:,.0f} real tokens/s ({got['pad_share']:.0%} padding) "
+                            f"on this version's lengths (mean {got['mean_tokens']:.0f} tokens): one epoch ≈ "
+                            f"{_duration(got['epoch_seconds'])}.")
+    ready = not models.is_embedded(cfg.base_model) or (models.models_dir() / models.EMBEDDED_ID / "model.safetensors").exists()
+    startup = throughput.startup_seconds(cfg, device.kind, n_rows, ready, cached=False)
+    out["startup_s"] = startup
+    return seconds + sum(startup.values()), out
+
+
+def fill_card(cfg: TrainConfig, device: Device, target_tokens: int | None = None) -> dict:
     """Batch size, packing and checkpointing that keep a GPU busy: Iris's own choice for a card.
 
-    Packing makes every row max_seq_length long (no pad tokens). Micro-batches of ~16k tokens keep an
-    H100's matrix units busy for a 1B model; recomputation (gradient checkpointing) costs ~1/3 more
+    Packing makes every row max_seq_length long (no pad tokens). Micro-batches of ~32k tokens
+    (core.train.throughput.TOKEN_BUDGET, measured) keep an H200 busy for a 1B model; recomputation (gradient checkpointing) costs ~1/3 more
     FLOPs, so it stays off whenever that micro-batch fits without it. Gradient accumulation keeps the
     effective batch (in conversations) near the config's.
     """
+    from core.train.throughput import TOKEN_BUDGET  # what bench/train_gpu.py found fastest
+
+    target_tokens = target_tokens or TOKEN_BUDGET
     arch = model_architecture(cfg.base_model)
     best = None
     for gc in (False, True):

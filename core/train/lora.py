@@ -4,13 +4,13 @@ Run as: python -m core.train CONFIG.yaml | --resume RUN_DIR [--checkpoint N]   (
 
 The run directory (core.runs) is the interface: pages, Export and Chat read it; nothing else is shared.
 A graceful stop (core.jobs STOP file) saves a checkpoint and ends in state "stopped". With more than one
-GPU visible the page launches this module through `accelerate launch` (one DDP process per GPU).
+GPU visible the page launches this module through `accelerate launch` (one DDP process per GPU; see
+core.train.launch, which also writes the launch files for several hosts).
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from core import jobs, versions
@@ -30,21 +30,9 @@ from core.runs import (
     run_path,
 )
 from core.train.config import TrainConfig
+from core.train.launch import launcher_argv
 
 # ---- launching from a page -----------------------------------------------------------------------------
-
-def launcher_argv(*args: str) -> tuple[list[str], int]:
-    """`python -m core.train ...`, or `accelerate launch` with one process per visible GPU."""
-    from core.train.estimate import detect_device
-
-    device = detect_device()
-    if device.kind == "cuda" and device.count > 1:
-        argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                f"--num_processes={device.count}", "--num_machines=1", "--mixed_precision=bf16",
-                "--dynamo_backend=no", "-m", "core.train", *args]
-        return argv, device.count
-    return jobs.python_module_argv("core.train", *args), 1
-
 
 def start(cfg: TrainConfig) -> Path:
     """Create the run directory, write config.yaml and launch the job. Returns the run directory."""
@@ -57,8 +45,23 @@ def start(cfg: TrainConfig) -> Path:
     save_yaml(cfg, run_dir / CONFIG)
     argv, processes = launcher_argv(str(run_dir / CONFIG))
     jobs.launch(run_dir, argv, log_name=LOG)
-    jobs.update_status(run_dir, processes=processes)
+    jobs.update_status(run_dir, processes=processes, phase="starting Python")
     return run_dir
+
+
+def prepare_cluster(cfg: TrainConfig, hosts: list[str], gpus_per_host: int) -> tuple[Path, list[Path]]:
+    """A run directory with config.yaml and the per-host launch files (core.train.launch); starts nothing."""
+    from core.train.launch import check_hosts, write_cluster_files
+
+    hosts = check_hosts(hosts, gpus_per_host)
+    cfg.with_run_name()
+    preflight(cfg, resolve_model=False)
+    run_dir = run_path(cfg.run_name)
+    if (run_dir / CONFIG).exists() and list_checkpoints(run_dir):
+        raise IrisError(f"run {cfg.run_name!r} already has checkpoints: resume it, or choose another name.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / CONFIG)
+    return run_dir, write_cluster_files(run_dir, hosts, gpus_per_host)
 
 
 def resume(run_dir: Path, checkpoint: int | None = None) -> int:
@@ -67,7 +70,7 @@ def resume(run_dir: Path, checkpoint: int | None = None) -> int:
     args = ["--resume", str(run_dir)] + (["--checkpoint", str(checkpoint)] if checkpoint is not None else [])
     argv, processes = launcher_argv(*args)
     pid = jobs.launch(run_dir, argv, log_name=LOG)
-    jobs.update_status(run_dir, processes=processes)
+    jobs.update_status(run_dir, processes=processes, phase="starting Python")
     return pid
 
 
@@ -107,17 +110,49 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def to_dataset(name: str, split: str, assistant_only: bool):
-    from datasets import Dataset
+def set_phase(run_dir: Path, phase: str | None, done: int | None = None, total: int | None = None) -> None:
+    """What the job does before step 1, for the progress line and the runs table (rank 0 only).
 
-    rows = []
-    for rec in versions.to_records(versions.load(name, split)):
-        msgs = [{"role": m["role"], "content": str(m.get("content") or "")} for m in rec["messages"]]
-        if not assistant_only or any(m["role"] == "assistant" and m["content"] for m in msgs):
-            rows.append({"messages": msgs})
-    if not rows:
-        raise IrisError(f"dataset version {name!r} ({split}) has no conversation with an assistant reply.")
-    return Dataset.from_list(rows)
+    status.json fields: `phase` (starting, preparing base model, loading model, tokenising, first step; None
+    once steps run), `phase_done` / `phase_total` (rows tokenised of all, when the phase counts anything).
+    """
+    if is_main_process():
+        jobs.update_status(run_dir, phase=phase, phase_done=done, phase_total=total)
+
+
+def datasets_for(cfg: TrainConfig, tokenizer, backend: str, run_dir: Path) -> tuple:
+    """(train dataset, eval dataset or None, their row sources). Streams rows when nothing needs them all."""
+    from core.train.tokens import RowSource
+
+    train = RowSource(cfg.dataset, "train", tokenizer, cfg.max_seq_length, cfg.assistant_only_loss)
+    sources = [train]
+    evals = None
+    if cfg.use_eval_split and cfg.eval_steps and versions.load_manifest(cfg.dataset)["rows"].get("eval"):
+        evals = RowSource(cfg.dataset, "eval", tokenizer, cfg.max_seq_length, cfg.assistant_only_loss)
+        sources.append(evals)
+    if streams(cfg, backend):
+        return train.streaming_dataset(), evals.streaming_dataset() if evals else None, sources
+    train_ds = train.full_dataset(lambda n, total: set_phase(run_dir, "tokenising", n, total))
+    eval_ds = evals.full_dataset(lambda n, total: set_phase(run_dir, "tokenising eval", n, total)) if evals else None
+    return train_ds, eval_ds, sources
+
+
+def phase_callback(run_dir: Path):
+    """Clears the pre-step phase once the first step of this process has ended."""
+    from transformers import TrainerCallback
+
+    class PhaseDone(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if not getattr(self, "done", False):
+                self.done = True
+                set_phase(run_dir, None)
+
+    return PhaseDone()
+
+
+def streams(cfg: TrainConfig, backend: str) -> bool:
+    """Packing needs every row's length first; unsloth's trainer prepares datasets its own way."""
+    return not cfg.packing and backend == "transformers"
 
 
 def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None = None,
@@ -128,8 +163,14 @@ def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None 
     cfg.with_run_name()
     run_dir = Path(run_dir or run_path(cfg.run_name))
     main_proc = is_main_process()
-    backend = backends.choose(cfg)  # first: unsloth must be imported before transformers and trl
+    if main_proc and (run_dir / CONFIG).exists():
+        jobs.update_status(run_dir, state="running", pid=os.getpid(), error=None, message="starting")
+        set_phase(run_dir, "importing libraries")
+    backend, why = backends.choose(cfg)  # first: unsloth must be imported before transformers and trl
     from core.train.callbacks import IrisCallback, drop_torn_checkpoints, truncate_metrics
+    from core.train.tokens import flush_callback
+    if main_proc and (run_dir / CONFIG).exists():
+        set_phase(run_dir, "preparing base model")
     model_dir = preflight(cfg)
     resume_from = None
     if resume:
@@ -145,22 +186,24 @@ def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None 
             save_yaml(cfg, run_dir / CONFIG)
         jobs.update_status(run_dir, state="running", pid=os.getpid(), error=None, message="loading model",
                            resumed_from=resume_from.name if resume_from else None)
+        set_phase(run_dir, "loading model")
     print(f"iris: backend {backend}, {backends.world_size()} process(es), base {cfg.base_model} "
           f"({model_dir}), dataset {cfg.dataset}", flush=True)
     model, tokenizer, peft_config = backends.load_model(cfg, model_dir, backend)
     family = backends.set_training_template(tokenizer, cfg.assistant_only_loss)
-    train_ds = to_dataset(cfg.dataset, "train", cfg.assistant_only_loss)
-    eval_ds = None
-    if cfg.use_eval_split and cfg.eval_steps and versions.load_manifest(cfg.dataset)["rows"].get("eval"):
-        eval_ds = to_dataset(cfg.dataset, "eval", cfg.assistant_only_loss)
+    train_ds, eval_ds, sources = datasets_for(cfg, tokenizer, backend, run_dir)
     callback = IrisCallback(run_dir, cfg)
     trainer = backends.build_trainer(cfg, model, tokenizer, peft_config, train_ds, eval_ds,
-                                     run_dir / CHECKPOINTS, backend, [callback])
+                                     run_dir / CHECKPOINTS, backend, [callback, flush_callback(sources), phase_callback(run_dir)])
     if main_proc:
-        jobs.update_status(run_dir, message=f"training ({backend}, {family} template)", backend=backend)
+        jobs.update_status(run_dir, message=f"training ({backend}, {family} template)", backend=backend,
+                           backend_reason=why)
+    set_phase(run_dir, "first step")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     stopped = callback.stop_seen
     if main_proc:
+        jobs.update_status(run_dir, phase=None, rows_tokenised=sum(s.cache.tokenised for s in sources),
+                           rows_cached=sum(len(s.cache) for s in sources))
         if stopped:
             jobs.update_status(run_dir, state="stopped", message=f"stopped at step {trainer.state.global_step}",
                                eta_s=0)

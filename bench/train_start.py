@@ -1,0 +1,111 @@
+"""Benchmark: Launch → first logged step of the CPU-quick preset on a FineTome-sized version (issue #26).
+
+Run as: .venv/bin/python bench/train_start.py [--rows 100000] [--packing] [--home DIR]
+
+1. Writes --rows FineTome-shaped conversations (bench/data_pipeline.py's generator: lognormal lengths,
+   median ≈ 350 Llama-3 tokens) as a dataset version with a 2% eval split, into a temporary IRIS_HOME,
+   and materialises the embedded SmolLM2 there (what `make app` does once per machine; timed apart).
+2. Launches the "CPU quick: SmolLM2-135M" preset on it twice, as the Train page does (`core.train.lora.start`:
+   a subprocess), and times Launch → the first line with a loss in metrics.jsonl: once on a version never
+   tokenised (goal ≤ 30 s on 2 cores) and once on the same version again (goal ≤ 10 s). Each run is
+   killed after its first step. Prints the phases status.json went through, with the time each was first seen.
+With --packing the preset packs rows, so every row is tokenised before step 1 the first time (cached after).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
+def make_version(rows: int, name: str) -> float:
+    import pandas as pd
+    from data_pipeline import build_rows
+
+    from core import versions
+
+    t0 = time.time()
+    built, _ = build_rows(rows)
+    msgs = [[{"role": ROLES[t["from"]], "content": t["value"]} for t in r["conversations"]] for r in built]
+    df = pd.DataFrame({"messages": msgs, "source": [r["source"] for r in built]})
+    n_eval = rows // 50
+    versions.save(name, df.iloc[n_eval:].reset_index(drop=True), eval_df=df.iloc[:n_eval].reset_index(drop=True))
+    return time.time() - t0
+
+
+def time_first_step(dataset: str, run_name: str, packing: bool, timeout_s: float = 600) -> dict:
+    from core import jobs, runs
+    from core.train import lora
+    from core.train.config import load_preset
+
+    cfg = load_preset("cpu_quick_smollm2")
+    cfg.dataset, cfg.run_name, cfg.packing = dataset, run_name, packing
+    t0 = time.time()
+    run_dir = lora.start(cfg)
+    phases, first = {}, None
+    while time.time() - t0 < timeout_s:
+        status = jobs.read_status(run_dir)
+        if status.get("phase") and status["phase"] not in phases:
+            phases[status["phase"]] = round(time.time() - t0, 1)
+        if any("loss" in m for m in runs.read_metrics(run_dir)):
+            first = time.time() - t0
+            break
+        if status.get("state") in jobs.FINAL:
+            raise SystemExit(f"run ended {status['state']}: {status.get('error')}\n" + jobs.tail(run_dir / runs.LOG))
+        time.sleep(0.2)
+    jobs.kill(run_dir)
+    return {"first_step_s": first, "phases": phases, "rows_cached": _cached_rows()}
+
+
+def _cached_rows() -> int:
+    import pyarrow.parquet as pq
+
+    from core.train.tokens import cache_root
+
+    return sum(pq.read_metadata(p).num_rows for p in cache_root().rglob("part-*.parquet"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000, help="FineTome-shaped conversations in the version")
+    parser.add_argument("--packing", action="store_true", help="pack rows (every row tokenised before step 1)")
+    parser.add_argument("--home", help="reuse this IRIS_HOME (its model and version); its token cache and "
+                        "start-* runs are removed first")
+    args = parser.parse_args()
+    os.environ["IRIS_HOME"] = args.home or tempfile.mkdtemp(prefix="iris-train-start-")
+    import shutil
+
+    from core import models, versions
+    from core.paths import runs_dir
+    from core.train.tokens import cache_root
+
+    shutil.rmtree(cache_root(), ignore_errors=True)
+    for old in runs_dir().glob("start-*"):
+        shutil.rmtree(old)
+
+    t0 = time.time()
+    models.materialise_embedded()
+    print(f"materialise embedded SmolLM2 (once per machine): {time.time() - t0:.1f} s", flush=True)
+    if not versions.exists("finetome-like"):
+        print(f"dataset version of {args.rows:,} rows written in {make_version(args.rows, 'finetome-like'):.1f} s",
+              flush=True)
+    goals = {"fresh": 30.0, "tokenised": 10.0}
+    for label, name in (("fresh", "start-fresh"), ("tokenised", "start-again")):
+        out = time_first_step("finetome-like", name, args.packing, timeout_s=1200)
+        verdict = "meets" if out["first_step_s"] and out["first_step_s"] <= goals[label] else "misses"
+        print(f"{label:10s} Launch → first logged step {out['first_step_s']:.1f} s ({verdict} the ≤ "
+              f"{goals[label]:.0f} s goal); phases first seen at {out['phases']}; rows cached {out['rows_cached']:,}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

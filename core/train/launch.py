@@ -1,0 +1,104 @@
+"""How a run's processes start: one process, one DDP process per local GPU, or a cluster of hosts.
+
+- one host: `launcher_argv` (the Train page and `start`/`resume` in core.train.lora) runs
+  `python -m core.train ...` alone, or under `accelerate launch` with one process per visible GPU;
+  `IRIS_CPU_PROCESSES=N` runs N CPU processes under `torchrun` with the gloo backend (tests; CPU clusters).
+- several hosts: `write_cluster_files` (`python -m core.train CONFIG --hosts H1,H2 --gpus-per-host G`)
+  writes, into the run's `launch/` folder, one accelerate config per host (`accelerate-<rank>-<host>.yaml`:
+  num_machines, machine_rank, main_process_ip/port, num_processes = hosts × G) and `torchrun.sh` with the
+  equivalent torchrun line per host. The user starts each host's line on that host; the run directory must
+  be at the same path on every host (a shared filesystem): rank 0 writes status, metrics and checkpoints,
+  the other ranks only their own RNG state into each checkpoint, which resume needs.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+from core import jobs
+from core.errors import IrisError
+
+PORT = 29500  # torch.distributed's usual rendezvous port
+LAUNCH_DIR = "launch"
+
+
+def cpu_processes() -> int:
+    """IRIS_CPU_PROCESSES: CPU DDP processes (gloo) on this machine; 1 when unset."""
+    raw = os.environ.get("IRIS_CPU_PROCESSES", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise IrisError(f"IRIS_CPU_PROCESSES must be a whole number ≥ 1, got {raw!r}.")
+    return int(raw)
+
+
+def torchrun_argv(args: list[str], per_host: int, hosts: int = 1, rank: int = 0, main_ip: str = "127.0.0.1",
+                  port: int = PORT) -> list[str]:
+    """`python -m torch.distributed.run ... -m core.train ARGS` for host `rank` of `hosts`."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={hosts}", f"--node_rank={rank}",
+            f"--nproc_per_node={per_host}", f"--master_addr={main_ip}", f"--master_port={port}",
+            "-m", "core.train", *args]
+
+
+def launcher_argv(*args: str) -> tuple[list[str], int]:
+    """(argv, processes) for this machine: alone, one DDP process per visible GPU, or IRIS_CPU_PROCESSES."""
+    from core.train.estimate import detect_device
+
+    device = detect_device()
+    if device.kind == "cuda" and device.count > 1:
+        argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                f"--num_processes={device.count}", "--num_machines=1", "--mixed_precision=bf16",
+                "--dynamo_backend=no", "-m", "core.train", *args]
+        return argv, device.count
+    n = cpu_processes() if device.kind == "cpu" else 1
+    if n > 1:
+        return torchrun_argv(list(args), n, port=free_port()), n
+    return jobs.python_module_argv("core.train", *args), 1
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_config(hosts: list[str], rank: int, per_host: int, port: int = PORT) -> dict:
+    """An `accelerate launch --config_file` for host `rank` (accelerate's num_processes counts every host)."""
+    return {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "num_machines": len(hosts),
+            "machine_rank": rank, "main_process_ip": hosts[0], "main_process_port": port,
+            "num_processes": len(hosts) * per_host, "gpu_ids": "all", "mixed_precision": "bf16",
+            "rdzv_backend": "static", "same_network": True, "use_cpu": False, "dynamo_config": {},
+            "main_training_function": "main", "downcast_bf16": "no", "tpu_use_cluster": False}
+
+
+def check_hosts(hosts: list[str], per_host: int) -> list[str]:
+    hosts = [h.strip() for h in hosts if h.strip()]
+    if len(hosts) < 2 or len(set(hosts)) != len(hosts):
+        raise IrisError(f"--hosts needs two or more distinct host names (the first runs rank 0), got {hosts}.")
+    if per_host < 1:
+        raise IrisError(f"--gpus-per-host must be at least 1, got {per_host}.")
+    return hosts
+
+
+def write_cluster_files(run_dir: Path, hosts: list[str], per_host: int, port: int = PORT) -> list[Path]:
+    """Per-host accelerate configs and torchrun.sh under RUN_DIR/launch/. Returns the files written."""
+    hosts = check_hosts(hosts, per_host)
+    folder = Path(run_dir) / LAUNCH_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    config = str(Path(run_dir).resolve() / "config.yaml")
+    written, lines = [], ["#!/bin/sh", f"# {len(hosts)} hosts × {per_host} GPUs = {len(hosts) * per_host} "
+                          f"processes; run line N on host N, from the Iris checkout, all at about the same time."]
+    for rank, host in enumerate(hosts):
+        path = folder / f"accelerate-{rank}-{host}.yaml"
+        path.write_text(yaml.safe_dump(accelerate_config(hosts, rank, per_host, port), sort_keys=False))
+        written.append(path)
+        argv = torchrun_argv([config], per_host, len(hosts), rank, hosts[0], port)
+        lines.append(f"# host {rank}: {host}   (or: accelerate launch --config_file {path} -m core.train {config})")
+        lines.append(shlex.join([".venv/bin/python", *argv[1:]]))
+    script = folder / "torchrun.sh"
+    script.write_text("\n".join(lines) + "\n")
+    return [*written, script]
