@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core import versions
 from core.data.filters import DataRecipe
-from core.data.store import filter_version, import_source
+from core.data.store import import_source
 from core.errors import IrisError, cli_exit
 
 
@@ -40,6 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flt.add_argument("--recipe", required=True, type=Path, help="recipe YAML (see data/recipes/default.yaml)")
     flt.add_argument("--name", required=True, help="name of the new version")
     flt.add_argument("--eval-fraction", type=float, default=None, help="overrides the recipe's eval_fraction")
+    flt.add_argument("--engine", choices=["memory", "duckdb", "ray"], default=None,
+                     help="memory: all rows in RAM; duckdb: passes over pieces on this machine; ray: on a Ray "
+                          "cluster (default: duckdb above IRIS_INMEMORY_ROWS rows, else memory)")
+    flt.add_argument("--address", default=None, help="Ray cluster address (host:port); none: a local Ray")
+    flt.add_argument("--chunk-rows", type=int, default=None, help="rows per piece of work (default 10000)")
+    flt.add_argument("--workers", type=int, default=None, help="worker processes (default: this machine's cores)")
+    flt.add_argument("--job-dir", type=Path, default=None,
+                     help="keep status.json (progress, rows/s, ETA) here and stop on its STOP file (the page's job)")
     aug = sub.add_parser("augment", help="mix versions, files and generated data into a new version")
     aug.add_argument("recipe", type=Path, help="AugmentRecipe YAML (see data/recipes/sample_plus_math.yaml)")
     aug.add_argument("--name", required=True, help="name of the new version")
@@ -55,7 +63,11 @@ def main(args: argparse.Namespace) -> Path:
         from core.data import augment
 
         return augment.main(augment.load_recipe_file(args.recipe), args.name)
-    return filter_version(args.version, DataRecipe.load(args.recipe), args.name, args.eval_fraction)
+    from core.data import bigdata
+
+    return bigdata.filter_any(args.version, DataRecipe.load(args.recipe), args.name, args.eval_fraction,
+                              engine=args.engine, address=args.address, chunk_rows=args.chunk_rows,
+                              workers=args.workers, job_dir=args.job_dir)
 
 
 if __name__ == "__main__":
