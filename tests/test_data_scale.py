@@ -167,3 +167,32 @@ def test_eval_mask_is_versions_split():
     df = pd.DataFrame({"x": np.arange(101)})
     _, held = versions.split(df, 0.1, seed=3)
     assert np.flatnonzero(engine_duckdb.eval_mask(101, 0.1, 3)).tolist() == held["x"].tolist()
+
+
+@pytest.mark.slow
+def test_data_page_browses_searches_and_filters_a_version_over_the_in_memory_threshold(iris_home, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    store.import_source("sample", "s")
+    monkeypatch.setenv("IRIS_INMEMORY_ROWS", "1000")  # the sample's 3,077 rows count as big
+    at = AppTest.from_file("../pages/data.py", default_timeout=300).run()
+    at.radio[0].set_value("Saved version").run()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert any("queried on disk" in c.value for c in at.caption)
+    assert "measure" not in str(at.session_state)  # nothing was loaded or measured in the app
+    at.text_input(key="big_query").set_value("capital").run()
+    assert any(c.value.startswith("23 rows match") for c in at.caption)
+    at.checkbox(key="big_regex").check().run()
+    at.text_input(key="big_query").set_value(r"scored \d+ points").run()
+    matches = next(c.value for c in at.caption if "rows match" in c.value)
+    table = at.dataframe[0].value
+    assert int(matches.split()[0]) == len(table) or len(table) == 50
+    at.number_input(key="big_row").set_value(int(table["row"].iat[0])).run()
+    assert at.chat_message and "scored" in at.chat_message[0].markdown[0].value
+    at.text_input(key="big_name").set_value("big-clean").run()
+    at.button(key="big_launch").click().run()
+    assert not at.exception, at.exception
+    status = jobs.wait(bigdata.job_dir("big-clean"), timeout_s=300)
+    assert status["state"] == "completed", status
+    assert versions.load_manifest("big-clean")["rows"]["train"] == int(in_memory("s", default_recipe()).kept.sum())
