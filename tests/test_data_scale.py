@@ -91,15 +91,17 @@ def test_both_engines_match_memory_on_20k_planted_rows(iris_home, planted_rows):
 @pytest.mark.slow
 def test_local_ray_of_two_cpus_matches_memory(iris_home):
     store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    versions.save("part", df.iloc[:800])
     recipe = default_recipe()
     start = time.time()
     runner = engine_ray.RayRunner(None, 2)
     try:
-        got = out_of_core("s", recipe, runner, 1500, "ray")
+        got = out_of_core("part", recipe, runner, 400, "ray")
     finally:
         runner.close()
-    assert time.time() - start < 120
-    assert_same(got, in_memory("s", recipe))
+    assert time.time() - start < 120  # ≈ 30 s on an idle 2-core machine, most of it starting Ray
+    assert_same(got, in_memory("part", recipe))
 
 
 def test_ray_address_that_does_not_answer_is_one_sentence_fast():

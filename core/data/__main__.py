@@ -2,10 +2,16 @@
 
 Run as:
     python -m core.data import SOURCE --name NAME [--split train] [--revision REV] [--keep-broken-roles]
-                                                  [--eval-fraction 0.05] [--seed 0]
+                                                  [--eval-fraction 0.05] [--seed 0] [--engine duckdb]
         SOURCE = "sample" (the bundled FineTome-shaped sample), a .parquet/.jsonl/.json/.csv file,
         or a hub dataset id such as mlabonne/FineTome-100k
     python -m core.data filter VERSION --recipe data/recipes/default.yaml --name NAME [--eval-fraction F]
+                               [--engine memory|duckdb|ray] [--address RAY_ADDR] [--chunk-rows 10000]
+                               [--workers N] [--job-dir DIR]
+        --engine duckdb runs the recipe out of core (core.data.engine_duckdb: passes over bounded pieces,
+        rows as Parquet shards, progress with rows/s and ETA on stderr); ray runs the same passes on a Ray
+        cluster (a local Ray with this machine's cores without --address). Default: duckdb for versions
+        over IRIS_INMEMORY_ROWS rows, memory below. A big import (.parquet/.jsonl) streams into shards.
     python -m core.data augment RECIPE.yaml --name NAME      (an AugmentRecipe: mix versions and generators)
 
 Each writes one immutable version under IRIS_HOME/datasets/NAME (core.versions: train.parquet,
@@ -35,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="keep rows whose roles do not alternate (the recipe's role_order step drops them)")
     imp.add_argument("--eval-fraction", type=float, default=0.0, help="share held out as the eval split")
     imp.add_argument("--seed", type=int, default=0, help="seed of the train/eval split")
+    imp.add_argument("--engine", choices=["memory", "duckdb"], default=None,
+                     help="duckdb: stream a .parquet/.jsonl file into shards block by block (default for files "
+                          "over IRIS_INMEMORY_ROWS rows or IRIS_MAX_UPLOAD_MB)")
     flt = sub.add_parser("filter", help="apply a recipe to a version and save the result")
     flt.add_argument("version", help="the version to filter")
     flt.add_argument("--recipe", required=True, type=Path, help="recipe YAML (see data/recipes/default.yaml)")
@@ -56,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> Path:
     if args.command == "import":
+        from core.data import bigimport
+
+        if args.engine == "duckdb" or (args.engine is None and bigimport.is_big_file(Path(args.source))):
+            if args.eval_fraction:
+                raise IrisError("a streamed import has no eval split: set one when filtering (--eval-fraction).")
+            return bigimport.import_big(Path(args.source), args.name, keep_broken_roles=args.keep_broken_roles)
         return import_source(args.source, args.name, split=args.split, revision=args.revision,
                              keep_broken_roles=args.keep_broken_roles, eval_fraction=args.eval_fraction,
                              seed=args.seed)

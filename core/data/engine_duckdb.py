@@ -136,8 +136,12 @@ def measure_pass(all_pieces: list[shards.Piece], work: Path, recipe: DataRecipe,
 
 
 def verify_pass(all_pieces: list[shards.Piece], pairs: np.ndarray, near_base: float, runner,
-                progress: Progress):
-    """Pass 3: the (i, j, jaccard) table of candidate pairs whose true Jaccard reaches `near_base`."""
+                progress: Progress, work: Path):
+    """Pass 3: the (i, j, jaccard) table of candidate pairs whose true Jaccard reaches `near_base`.
+
+    Workers write the signatures and shingle sets of the rows in candidate pairs to disk; the checks then
+    hold only what each stage needs: the 64 quick bins of those rows, full signatures of the rows left,
+    shingle sets of the rows left after that (dedup.plausible_pairs' two checks, then the true Jaccard)."""
     import pandas as pd
 
     from core.data import dedup
@@ -145,22 +149,68 @@ def verify_pass(all_pieces: list[shards.Piece], pairs: np.ndarray, near_base: fl
     involved = np.unique(pairs) if len(pairs) else np.zeros(0, dtype=np.int64)
     offsets = np.array([p.offset for p in all_pieces])
     which = np.searchsorted(offsets, involved, side="right") - 1
-    tasks = [{"piece": all_pieces[k].__dict__, "rows": involved[which == k]} for k in np.unique(which)]
-    sig = np.empty((len(involved), 256), dtype=np.uint64)
-    sets: dict[int, np.ndarray] = {}
-    progress.start("verify", len(involved))
-    for rows, s, row_sets in runner.map(passes.verify_piece, tasks):
-        at = np.searchsorted(involved, rows)
-        sig[at] = s
-        sets.update(zip(at.tolist(), row_sets))
-        progress.advance(len(rows))
+    (work / passes.VERIFY).mkdir(exist_ok=True)
+    done = {p.name for p in (work / passes.VERIFY).glob("piece-*.npz")}
+    tasks = [{"piece": all_pieces[k].__dict__, "work": str(work), "rows": involved[which == k]}
+             for k in np.unique(which) if f"piece-{all_pieces[k].offset:012d}.npz" not in done]
+    progress.start("verify", len(involved), already=len(involved) - sum(len(t["rows"]) for t in tasks))
+    for out in runner.map(passes.verify_piece, tasks):
+        progress.advance(out["rows"])
     progress.done()
-    compact = np.searchsorted(involved, pairs) if len(pairs) else pairs
-    cand = dedup.plausible_pairs(sig, compact, near_base)
-    del sig
-    jac = dedup.jaccard_of_sets(sets, cand)
+    cand = np.searchsorted(involved, pairs) if len(pairs) else pairs
+    quick = _gather(work, involved, np.arange(len(involved)), lambda z, at: z["sig"][at, :QUICK_BINS])
+    cand = cand[_agree(quick, cand, near_base - PLAUSIBLE_MARGIN - 0.2)]  # dedup.plausible_pairs' quick check
+    del quick
+    left = np.unique(cand)
+    full = _gather(work, involved, left, lambda z, at: z["sig"][at])
+    cand = cand[_agree(full, np.searchsorted(left, cand), near_base - PLAUSIBLE_MARGIN)]  # and its full check
+    del full
+    left = np.unique(cand)
+    sets = _gather(work, involved, left, _sets_at, as_list=True)
+    jac = dedup.jaccard_of_sets(dict(enumerate(sets)), np.searchsorted(left, cand))
     keep = jac >= near_base
     return pd.DataFrame({"i": involved[cand[keep, 0]], "j": involved[cand[keep, 1]], "jaccard": jac[keep]})
+
+
+QUICK_BINS, PLAUSIBLE_MARGIN = 64, 0.15  # as dedup.plausible_pairs: its first 64 bins, its margin
+
+
+def _agree(sig: np.ndarray, pairs: np.ndarray, floor: float) -> np.ndarray:
+    """Pairs whose signatures agree on a share ≥ floor of their bins (the same expression as dedup's)."""
+    keep = np.zeros(len(pairs), dtype=bool)
+    for lo in range(0, len(pairs), 20000):
+        a, c = pairs[lo:lo + 20000, 0], pairs[lo:lo + 20000, 1]
+        keep[lo:lo + 20000] = (sig[a] == sig[c]).mean(axis=1) >= floor
+    return keep
+
+
+def _sets_at(z, at: np.ndarray) -> list[np.ndarray]:
+    values, offsets = z["set_values"], z["set_offsets"]  # each npz key read once: it loads the whole array
+    return [values[offsets[k]:offsets[k + 1]] for k in at]
+
+
+def _gather(work: Path, involved: np.ndarray, wanted: np.ndarray, take: Callable, as_list: bool = False):
+    """take(npz, positions) of the `wanted` entries (indices into `involved`), piece file by piece file,
+    stacked in `wanted` order."""
+    parts, order = [], []
+    wanted_rows = involved[wanted]
+    for path in sorted((work / passes.VERIFY).glob("piece-*.npz")):
+        with np.load(path) as z:
+            rows = z["rows"]
+            hit = np.flatnonzero(np.isin(rows, wanted_rows))
+            if len(hit):
+                parts.append(take(z, hit))
+                order.append(np.searchsorted(wanted_rows, rows[hit]))
+    if as_list:
+        out: list = [None] * len(wanted)
+        for at, part in zip(order, parts):
+            for k, v in zip(at, part):
+                out[k] = v
+        return out
+    out = np.empty((len(wanted), parts[0].shape[1] if parts else 0), dtype=np.uint64)
+    for at, part in zip(order, parts):
+        out[at] = part
+    return out
 
 
 def measurements(work: Path):
@@ -207,7 +257,7 @@ def run_recipe(files: list[Path], recipe: DataRecipe, work: Path, runner, progre
                 progress.advance(n - progress.count)
                 progress.done()
                 _finish(work, state, "candidates")
-            near = verify_pass(all_pieces, np.load(work / "pairs.npy"), near_base, runner, progress)
+            near = verify_pass(all_pieces, np.load(work / "pairs.npy"), near_base, runner, progress, work)
             passes._write(near, work / "near.parquet")
             _finish(work, state, "verify")
         near = pd.read_parquet(work / "near.parquet")

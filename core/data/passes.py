@@ -5,7 +5,8 @@ bounded piece of rows. Every function takes and returns plain data, so any engin
                             a 128-bit hash of the exact-dedup text, and the rows' LSH band keys, written to
                             WORK/measure/ and WORK/bands/ as piece-<offset>.parquet (atomic: a killed worker
                             leaves no half file, so a re-run redoes only the pieces without one)
-    verify_piece(task)   -> (rows, signatures, shingle sets)  for the rows of a piece that are in candidate pairs
+    verify_piece(task)   -> {"offset", "rows"}   signatures and word-5-gram sets of the rows of a piece that
+                            are in candidate pairs, written to WORK/verify/piece-<offset>.npz
 
 A task is a dict: piece (core.data.shards.Piece fields), work (folder), tokenizer (None: no length step),
 near_base (None: no near_dedup), edu (None or the edu_semantic step's params), rows (verify_piece only).
@@ -23,7 +24,7 @@ from core.data import dedup, measure
 from core.data.formats import conversation_text
 from core.data.shards import Piece, piece_frame
 
-MEASURE, BANDS = "measure", "bands"
+MEASURE, BANDS, VERIFY = "measure", "bands", "verify"
 
 
 def piece_name(offset: int) -> str:
@@ -95,13 +96,20 @@ def measure_piece(task: dict) -> dict:
     return {"offset": piece.offset, "rows": len(df)}
 
 
-def verify_piece(task: dict) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(global rows, their MinHash signatures, their sorted word-5-gram sets) for task["rows"] of one piece."""
-    piece = Piece(**task["piece"])
+def verify_piece(task: dict) -> dict:
+    """MinHash signatures and sorted word-5-gram sets of task["rows"] (global rows) of one piece, written to
+    WORK/verify/piece-<offset>.npz (rows, sig, set_values, set_offsets); returns offset and row count."""
+    piece, work = Piece(**task["piece"]), Path(task["work"])
     rows = np.asarray(task["rows"], dtype=np.int64)
     df = piece_frame(piece, ["messages"])
     msgs = [df["messages"].iat[int(r - piece.offset)] for r in rows]
     sig = measure.word_measurements(msgs, signatures=True, repetition=False)[1]
-    texts = [conversation_text(m) for m in msgs]
-    sets = dedup.shingle_sets(texts, np.arange(len(texts)))
-    return rows, sig, [sets[k] for k in range(len(texts))]
+    sets = dedup.shingle_sets([conversation_text(m) for m in msgs], np.arange(len(msgs)))
+    values = [sets[k] for k in range(len(msgs))]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int64)
+    path = work / VERIFY / f"piece-{piece.offset:012d}.npz"
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, rows=rows, sig=sig, set_values=np.concatenate([np.zeros(0, np.uint64)] + values),
+             set_offsets=offsets)
+    tmp.replace(path)
+    return {"offset": piece.offset, "rows": len(rows)}
