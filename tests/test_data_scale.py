@@ -198,3 +198,20 @@ def test_data_page_browses_searches_and_filters_a_version_over_the_in_memory_thr
     status = jobs.wait(bigdata.job_dir("big-clean"), timeout_s=300)
     assert status["state"] == "completed", status
     assert versions.load_manifest("big-clean")["rows"]["train"] == int(in_memory("s", default_recipe()).kept.sum())
+
+
+def test_streamed_import_matches_the_in_memory_import_and_names_a_bad_line(iris_home, tmp_path):
+    from core.data import bigimport
+
+    sample = (REPO_ROOT / "data" / "samples" / "finetome_sample.jsonl").read_text().splitlines()[:500]
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(sample) + "\n")
+    bigimport.import_big(good, "streamed", keep_broken_roles=True, block_rows=64)
+    store.import_source(str(good), "whole", keep_broken_roles=True)
+    assert versions.load_manifest("streamed")["content_hash"] == versions.load_manifest("whole")["content_hash"]
+    pd.testing.assert_frame_equal(versions.load("streamed"), versions.load("whole"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(sample[:300] + ["{oops"] + sample[300:]) + "\n")
+    with pytest.raises(IrisError, match=r"bad.jsonl: malformed JSON on line 301"):
+        bigimport.import_big(bad, "broken", keep_broken_roles=True, block_rows=64)
+    assert not versions.exists("broken") and not list(versions.datasets_dir().glob(".tmp-broken*"))
