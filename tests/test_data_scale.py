@@ -63,6 +63,9 @@ def test_duckdb_engine_saves_the_in_memory_result_on_the_sample(iris_home):
     assert (versions.version_dir("big") / "train.parquet").is_dir()  # shards, read back as one table
     pd.testing.assert_frame_equal(versions.load("big"), versions.load("mem"))
     assert not engine_duckdb.work_dir("big").exists()  # the passes' work is gone once the version is saved
+    dropped = pd.read_parquet(versions.version_dir("big") / "dropped.parquet")
+    assert dropped["row"].tolist() == np.flatnonzero(~expected.kept).tolist()
+    assert dropped["reason"].tolist() == list(expected.reasons[~expected.kept])
 
 
 def test_piece_size_does_not_change_results(iris_home):

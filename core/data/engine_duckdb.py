@@ -41,6 +41,7 @@ from core.data.progress import Progress
 from core.errors import IrisError
 from core.paths import atomic_dir, iris_home, read_json, write_json
 
+DROPPED = "dropped.parquet"  # in a version made out of core: (row of the parent, reason) per dropped row
 MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as dedup.lsh_candidates
 DUCKDB_MEMORY = os.environ.get("IRIS_DUCKDB_MEMORY", "1GB")  # DuckDB's own limit; it spills to work/duck_tmp past it
 
@@ -352,6 +353,8 @@ def filter_big(version: str, recipe: DataRecipe, name: str, eval_fraction: float
                engine: str = "duckdb", address: str | None = None, chunk_rows: int = shards.CHUNK_ROWS,
                workers: int | None = None, job_dir: Path | None = None) -> Path:
     """Apply `recipe` to version `version` out of core and save the kept rows as version `name` (shards)."""
+    import pandas as pd
+
     target = versions.version_dir(name)
     if versions.exists(name):
         raise IrisError(f"dataset version {name!r} already exists (versions are immutable): choose another name.")
@@ -376,6 +379,8 @@ def filter_big(version: str, recipe: DataRecipe, name: str, eval_fraction: float
                                                                                       recipe.seed), tmp, progress,
                                                                chunk_rows)
         (tmp / versions.RECIPE).write_text(recipe.to_yaml(), encoding="utf-8")
+        gone = np.flatnonzero(~kept)  # why each input row went (row numbers of the parent version)
+        pd.DataFrame({"row": gone, "reason": result.reasons[gone].astype(str)}).to_parquet(tmp / DROPPED, index=False)
         extra = {"dropped_by_reason": result.reason_counts(), "recipe_name": recipe.name, "tokenizer": recipe.tokenizer,
                  "split": {"eval_fraction": fraction, "seed": recipe.seed}, "engine": engine, "sharded": True}
         parent = {"version": version, "content_hash": manifest.get("content_hash")}
