@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from core import versions
 from core.data import shards
 
@@ -49,7 +51,10 @@ def _connect():
 
 
 def browse(version: str, page: int = 1, query: str = "", regex: bool = False):
-    """(one page of rows as a DataFrame, how many rows match)."""
+    """(one page of rows as a DataFrame, how many rows match). Without a query only the page's row
+    groups are read; a search scans the text of every row (DuckDB, both cores)."""
+    if not query.strip():
+        return _plain_page(version, page)
     rows, params = _rows_sql(version)
     where, args = "", []
     if query.strip():
@@ -72,6 +77,31 @@ def browse(version: str, page: int = 1, query: str = "", regex: bool = False):
     finally:
         con.close()
     return table, int(matches)
+
+
+def _plain_page(version: str, page: int):
+    """Rows [(page-1)·PAGE_SIZE, page·PAGE_SIZE) straight from the shards' row groups."""
+    import pandas as pd
+
+    folder = versions.version_dir(version)
+    pieces = shards.pieces(shards.split_files(folder, "train") + shards.split_files(folder, "eval"), PAGE_SIZE)
+    total = sum(p.rows for p in pieces)
+    lo, parts = (max(1, page) - 1) * PAGE_SIZE, []
+    for piece in pieces:
+        if piece.offset + piece.rows > lo and piece.offset < lo + PAGE_SIZE:
+            frame = shards.piece_frame(piece)
+            frame.insert(0, "row", piece.offset + np.arange(len(frame)))
+            parts.append(frame)
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"row": [], "messages": []})
+    frame = frame[(frame["row"] >= lo) & (frame["row"] < lo + PAGE_SIZE)]
+    table = pd.DataFrame({"row": frame["row"].to_numpy(),
+                          "first question": [next((m["content"][:140] for m in msgs if m["role"] == "user"), "")
+                                             for msgs in frame["messages"]],
+                          "turns": [len(m) for m in frame["messages"]]})
+    for col in ("source", "score", "origin"):
+        if col in frame:
+            table[col] = frame[col].to_numpy()
+    return table, total
 
 
 def open_row(version: str, row: int) -> list[dict]:
