@@ -218,3 +218,20 @@ def test_streamed_import_matches_the_in_memory_import_and_names_a_bad_line(iris_
     with pytest.raises(IrisError, match=r"bad.jsonl: malformed JSON on line 301"):
         bigimport.import_big(bad, "broken", keep_broken_roles=True, block_rows=64)
     assert not versions.exists("broken") and not list(versions.datasets_dir().glob(".tmp-broken*"))
+
+
+def test_a_stopped_filter_job_says_so_and_the_same_command_resumes(iris_home):
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    versions.save("small", df.iloc[:300])
+    job = bigdata.job_dir("out")
+    job.mkdir(parents=True)
+    (job / jobs.STOP_FILE).write_text("now")  # as the page's Stop button leaves it
+    with pytest.raises(IrisError, match="stopped during measure"):
+        bigdata.filter_any("small", default_recipe(), "out", engine="duckdb", workers=1, chunk_rows=100, job_dir=job)
+    assert jobs.read_status(job)["state"] == "stopped" and not versions.exists("out")
+    (job / jobs.STOP_FILE).unlink()
+    bigdata.filter_any("small", default_recipe(), "out", engine="duckdb", workers=1, chunk_rows=100, job_dir=job)
+    status = jobs.read_status(job)
+    assert status["state"] == "completed" and status["step"] == status["total"] == 300
+    assert versions.load_manifest("out")["rows"]["train"] == int(in_memory("small", default_recipe()).kept.sum())
