@@ -235,3 +235,18 @@ def test_a_stopped_filter_job_says_so_and_the_same_command_resumes(iris_home):
     status = jobs.read_status(job)
     assert status["state"] == "completed" and status["step"] == status["total"] == 300
     assert versions.load_manifest("out")["rows"]["train"] == int(in_memory("small", default_recipe()).kept.sum())
+
+
+def test_cli_streams_a_jsonl_over_the_upload_limit_with_engine_duckdb(iris_home, tmp_path):
+    sample = (REPO_ROOT / "data" / "samples" / "finetome_sample.jsonl").read_text().splitlines()[:200]
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(sample) + "\n")
+    env = {**os.environ, "IRIS_HOME": str(iris_home), "IRIS_MAX_UPLOAD_MB": "0.001"}
+    args = [sys.executable, "-m", "core.data", "import", str(path), "--name", "big", "--keep-broken-roles"]
+    refused = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "limit" in refused.stderr
+    out = subprocess.run(args + ["--engine", "duckdb"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert versions.load_manifest("big")["rows"]["train"] == 200
+    assert len(shards.split_files(versions.version_dir("big"))) == 1

@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     imp.add_argument("--eval-fraction", type=float, default=0.0, help="share held out as the eval split")
     imp.add_argument("--seed", type=int, default=0, help="seed of the train/eval split")
     imp.add_argument("--engine", choices=["memory", "duckdb"], default=None,
-                     help="duckdb: stream a .parquet/.jsonl file into shards block by block (default for files "
-                          "over IRIS_INMEMORY_ROWS rows or IRIS_MAX_UPLOAD_MB)")
+                     help="duckdb: stream a .parquet/.jsonl file of any size into shards block by block (the "
+                          "default for parquet files over IRIS_INMEMORY_ROWS rows)")
     flt = sub.add_parser("filter", help="apply a recipe to a version and save the result")
     flt.add_argument("version", help="the version to filter")
     flt.add_argument("--recipe", required=True, type=Path, help="recipe YAML (see data/recipes/default.yaml)")

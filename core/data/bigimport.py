@@ -6,8 +6,8 @@
 the same normalisation as a small import (core.data.formats.normalise), and the version's content hash is
 fed block by block. An error names the file and the row (or line); the version is written under a
 temporary name and renamed at the end, so a file that breaks mid-way leaves nothing behind.
-`python -m core.data import FILE --name NAME` takes this path for files over IRIS_INMEMORY_ROWS rows
-(parquet) or IRIS_MAX_UPLOAD_MB (JSONL), or always with `--engine duckdb`.
+`python -m core.data import FILE --name NAME` takes this path for parquet files over IRIS_INMEMORY_ROWS
+rows, and for any .parquet/.jsonl with `--engine duckdb` (which also lifts IRIS_MAX_UPLOAD_MB).
 """
 from __future__ import annotations
 
@@ -24,13 +24,10 @@ from core.paths import atomic_dir, write_json
 
 
 def is_big_file(path: Path) -> bool:
-    """Too big for the in-memory import: a parquet over IRIS_INMEMORY_ROWS rows, or a JSONL over the upload limit."""
-    from core.data.formats import max_upload_bytes
-
+    """Too big for the in-memory import: a parquet over IRIS_INMEMORY_ROWS rows. (A JSONL over IRIS_MAX_UPLOAD_MB
+    is still refused unless `--engine duckdb` asks for the streamed import: the limit is the user's choice.)"""
     path = Path(path)
-    if path.suffix.lower() == ".parquet" and path.exists():
-        return shards.file_rows(path) > shards.inmemory_rows()
-    return path.suffix.lower() in (".jsonl", ".ndjson") and path.exists() and path.stat().st_size > max_upload_bytes()
+    return path.suffix.lower() == ".parquet" and path.exists() and shards.file_rows(path) > shards.inmemory_rows()
 
 
 def _blocks(path: Path, block_rows: int) -> Iterator[tuple[int, "pandas.DataFrame"]]:  # noqa: F821
