@@ -77,6 +77,7 @@ def test_piece_size_does_not_change_results(iris_home):
     assert_same(out_of_core("small", recipe, runner, 7, "seven"), out_of_core("small", recipe, runner, 10_000, "ten-k"))
 
 
+@pytest.mark.slow
 def test_both_engines_match_memory_on_20k_planted_rows(iris_home, planted_rows):
     path, planted = planted_rows
     store.import_source(str(path), "gen")
@@ -103,8 +104,11 @@ def test_local_ray_of_two_cpus_matches_memory(iris_home):
         got = out_of_core("part", recipe, runner, 400, "ray")
     finally:
         runner.close()
-    assert time.time() - start < 120  # ≈ 30 s on an idle 2-core machine, most of it starting Ray
+    seconds = time.time() - start
     assert_same(got, in_memory("part", recipe))
+    # ≈ 30-60 s on an idle 2-core machine, most of it starting Ray; the bound only catches a hang
+    # (a machine shared by many test runs took 456 s)
+    assert seconds < 600
 
 
 def test_ray_address_that_does_not_answer_is_one_sentence_fast():
