@@ -78,7 +78,7 @@ def test_piece_size_does_not_change_results(iris_home):
 
 
 @pytest.mark.slow
-def test_both_engines_match_memory_on_20k_planted_rows(iris_home, planted_rows):
+def test_duckdb_engine_matches_memory_on_20k_planted_rows(iris_home, planted_rows):
     path, planted = planted_rows
     store.import_source(str(path), "gen")
     recipe = default_recipe()
