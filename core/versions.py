@@ -72,11 +72,16 @@ def load_recipe(name: str) -> Any:
 def content_hash(df) -> str:
     """sha256 over the rows' canonical JSON, in order: same rows + same order → same hash."""
     h = hashlib.sha256()
+    hash_rows(h, df)
+    return h.hexdigest()
+
+
+def hash_rows(h, df) -> None:
+    """Feed `df`'s rows into the sha256 `h`: chunk after chunk gives the whole frame's content_hash."""
     cols = sorted(df.columns)
     for row in df[cols].itertuples(index=False):
         h.update(json.dumps([_plain(v) for v in row], sort_keys=True, ensure_ascii=False, default=str).encode())
         h.update(b"\n")
-    return h.hexdigest()
 
 
 def _plain(value: Any) -> Any:
@@ -111,18 +116,9 @@ def save(name: str, train, *, eval_df=None, recipe: Any = None, kind: str = "imp
         raise IrisError("rows must be normalised to the canonical `messages` shape before saving.")
     if len(train) == 0:
         raise IrisError(f"dataset version {name!r} would be empty: loosen the recipe.")
-    manifest = {
-        "name": name,
-        "kind": kind,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "created_ts": time.time(),
-        "parent": parent or {},
-        "rows": {"train": int(len(train)), "eval": int(len(eval_df)) if eval_df is not None else 0},
-        "columns": list(train.columns),
-        "steps": steps or [],
-        "content_hash": content_hash(train if eval_df is None else _concat(train, eval_df)),
-        **(extra or {}),
-    }
+    manifest = manifest_for(name, kind, parent, int(len(train)), int(len(eval_df)) if eval_df is not None else 0,
+                            list(train.columns), steps, content_hash(train if eval_df is None else _concat(train, eval_df)),
+                            extra)
     with atomic_dir(folder) as tmp:
         train.to_parquet(tmp / TRAIN, index=False)
         if eval_df is not None and len(eval_df):
@@ -131,6 +127,14 @@ def save(name: str, train, *, eval_df=None, recipe: Any = None, kind: str = "imp
                                   if not isinstance(recipe, str) else recipe, encoding="utf-8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     return manifest
+
+
+def manifest_for(name: str, kind: str, parent: dict | None, train_rows: int, eval_rows: int, columns: list[str],
+                 steps: list[dict] | None, digest: str, extra: dict | None = None) -> dict:
+    """The manifest.json every version has (`save` and the sharded writer of core.data.engine_duckdb)."""
+    return {"name": name, "kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_ts": time.time(),
+            "parent": parent or {}, "rows": {"train": train_rows, "eval": eval_rows}, "columns": columns,
+            "steps": steps or [], "content_hash": digest, **(extra or {})}
 
 
 def _concat(a, b):

@@ -9,6 +9,7 @@ from core.data import view as data_view
 from core.data.dedup import NEAR_DUP_THRESHOLD
 from core.data.filters import STEP_TABLE, DataRecipe, apply_recipe, default_recipe
 from core.errors import IrisError
+from ui import big_version
 from ui.forms import field_input
 
 TOKENIZERS = ["llama-3", "smollm2-135m-instruct"]
@@ -69,6 +70,7 @@ with st.expander("Load a dataset", expanded=st.session_state.source is None):
 if st.session_state.source is None:
     st.info("Load the bundled sample, a saved version, a file or a hub dataset to begin.")
     st.stop()
+big_version.show_if_big(st.session_state.source[0])  # over IRIS_INMEMORY_ROWS rows: queried on disk, then stops
 try:
     df, key, texts, parent = load_rows(*st.session_state.source)
 except IrisError as err:

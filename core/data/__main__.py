@@ -2,10 +2,16 @@
 
 Run as:
     python -m core.data import SOURCE --name NAME [--split train] [--revision REV] [--keep-broken-roles]
-                                                  [--eval-fraction 0.05] [--seed 0]
+                                                  [--eval-fraction 0.05] [--seed 0] [--engine duckdb]
         SOURCE = "sample" (the bundled FineTome-shaped sample), a .parquet/.jsonl/.json/.csv file,
         or a hub dataset id such as mlabonne/FineTome-100k
     python -m core.data filter VERSION --recipe data/recipes/default.yaml --name NAME [--eval-fraction F]
+                               [--engine memory|duckdb|ray] [--address RAY_ADDR] [--chunk-rows 10000]
+                               [--workers N] [--job-dir DIR]
+        --engine duckdb runs the recipe out of core (core.data.engine_duckdb: passes over bounded pieces,
+        rows as Parquet shards, progress with rows/s and ETA on stderr); ray runs the same passes on a Ray
+        cluster (a local Ray with this machine's cores without --address). Default: duckdb for versions
+        over IRIS_INMEMORY_ROWS rows, memory below. A big import (.parquet/.jsonl) streams into shards.
     python -m core.data augment RECIPE.yaml --name NAME      (an AugmentRecipe: mix versions and generators)
 
 Each writes one immutable version under IRIS_HOME/datasets/NAME (core.versions: train.parquet,
@@ -19,7 +25,7 @@ from pathlib import Path
 
 from core import versions
 from core.data.filters import DataRecipe
-from core.data.store import filter_version, import_source
+from core.data.store import import_source
 from core.errors import IrisError, cli_exit
 
 
@@ -35,11 +41,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="keep rows whose roles do not alternate (the recipe's role_order step drops them)")
     imp.add_argument("--eval-fraction", type=float, default=0.0, help="share held out as the eval split")
     imp.add_argument("--seed", type=int, default=0, help="seed of the train/eval split")
+    imp.add_argument("--engine", choices=["memory", "duckdb"], default=None,
+                     help="duckdb: stream a .parquet/.jsonl file of any size into shards block by block (the "
+                          "default for parquet files over IRIS_INMEMORY_ROWS rows)")
     flt = sub.add_parser("filter", help="apply a recipe to a version and save the result")
     flt.add_argument("version", help="the version to filter")
     flt.add_argument("--recipe", required=True, type=Path, help="recipe YAML (see data/recipes/default.yaml)")
     flt.add_argument("--name", required=True, help="name of the new version")
     flt.add_argument("--eval-fraction", type=float, default=None, help="overrides the recipe's eval_fraction")
+    flt.add_argument("--engine", choices=["memory", "duckdb", "ray"], default=None,
+                     help="memory: all rows in RAM; duckdb: passes over pieces on this machine; ray: on a Ray "
+                          "cluster (default: duckdb above IRIS_INMEMORY_ROWS rows, else memory)")
+    flt.add_argument("--address", default=None, help="Ray cluster address (host:port); none: a local Ray")
+    flt.add_argument("--chunk-rows", type=int, default=None, help="rows per piece of work (default 10000)")
+    flt.add_argument("--workers", type=int, default=None, help="worker processes (default: this machine's cores)")
+    flt.add_argument("--job-dir", type=Path, default=None,
+                     help="keep status.json (progress, rows/s, ETA) here and stop on its STOP file (the page's job)")
     aug = sub.add_parser("augment", help="mix versions, files and generated data into a new version")
     aug.add_argument("recipe", type=Path, help="AugmentRecipe YAML (see data/recipes/sample_plus_math.yaml)")
     aug.add_argument("--name", required=True, help="name of the new version")
@@ -48,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> Path:
     if args.command == "import":
+        from core.data import bigimport
+
+        if args.engine == "duckdb" or (args.engine is None and bigimport.is_big_file(Path(args.source))):
+            if args.eval_fraction:
+                raise IrisError("a streamed import has no eval split: set one when filtering (--eval-fraction).")
+            return bigimport.import_big(Path(args.source), args.name, keep_broken_roles=args.keep_broken_roles)
         return import_source(args.source, args.name, split=args.split, revision=args.revision,
                              keep_broken_roles=args.keep_broken_roles, eval_fraction=args.eval_fraction,
                              seed=args.seed)
@@ -55,7 +78,11 @@ def main(args: argparse.Namespace) -> Path:
         from core.data import augment
 
         return augment.main(augment.load_recipe_file(args.recipe), args.name)
-    return filter_version(args.version, DataRecipe.load(args.recipe), args.name, args.eval_fraction)
+    from core.data import bigdata
+
+    return bigdata.filter_any(args.version, DataRecipe.load(args.recipe), args.name, args.eval_fraction,
+                              engine=args.engine, address=args.address, chunk_rows=args.chunk_rows,
+                              workers=args.workers, job_dir=args.job_dir)
 
 
 if __name__ == "__main__":

@@ -290,16 +290,26 @@ def lsh_clusters(signatures: np.ndarray, threshold: float = NEAR_DUP_THRESHOLD) 
 def exact_jaccard(texts: Sequence[str], pairs: np.ndarray, ngram: int = 5) -> np.ndarray:
     """True word-`ngram` Jaccard of each pair (i, j) of `texts` (same shingling as the signatures)."""
     involved = np.unique(pairs) if len(pairs) else np.zeros(0, dtype=np.int64)
+    return jaccard_of_sets(shingle_sets(texts, involved, ngram), pairs)
+
+
+def shingle_sets(texts: Sequence[str], ids: np.ndarray, ngram: int = 5) -> dict[int, np.ndarray]:
+    """Sorted unique word-`ngram` hashes of texts[i] for each i in `ids` (what exact_jaccard compares)."""
     sets: dict[int, np.ndarray] = {}
     with np.errstate(over="ignore"):
-        for lo, hi in chunks([texts[i] for i in involved]):
-            ids = involved[lo:hi]
-            sh, sd = _shingles([texts[i] for i in ids], ngram, np.uint64(0))
+        for lo, hi in chunks([texts[i] for i in ids]):
+            part = ids[lo:hi]
+            sh, sd = _shingles([texts[i] for i in part], ngram, np.uint64(0))
             order = np.lexsort((sh, sd))
             sh, sd = sh[order], sd[order]
-            bounds = np.searchsorted(sd, np.arange(len(ids) + 1))
-            for k, i in enumerate(ids):
+            bounds = np.searchsorted(sd, np.arange(len(part) + 1))
+            for k, i in enumerate(part):
                 sets[int(i)] = np.unique(sh[bounds[k]:bounds[k + 1]])
+    return sets
+
+
+def jaccard_of_sets(sets: dict[int, np.ndarray], pairs: np.ndarray) -> np.ndarray:
+    """Jaccard of each pair (i, j) from `shingle_sets`' sorted sets."""
     out = np.zeros(len(pairs))
     if not len(pairs):
         return out

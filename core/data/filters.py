@@ -223,7 +223,9 @@ def _score(df, m, s, alive, ctx):
 def _edu(df, m, s, alive, ctx):
     from core.data import edu
 
-    score = edu.edu_scores(df, s.get("prototypes"), s.get("counter_prototypes"), ctx.get("timings"))
+    # the out-of-core engines score rows chunk by chunk and hand the column in with the measurements
+    score = m["edu_score"].to_numpy() if "edu_score" in m else \
+        edu.edu_scores(df, s.get("prototypes"), s.get("counter_prototypes"), ctx.get("timings"))
     ctx["edu_score"] = score
     return score < float(s.get("min_score")), lambda i: f"explains/teaches score {score[i]:.3f} < {s.get('min_score')}"
 
@@ -270,7 +272,9 @@ def _near(df, m, s, alive, ctx):
     from core.data import measure
 
     t = float(s.get("threshold"))
-    pairs = measure.near_pairs(df, measure.base_threshold_for(t), ctx.get("timings"), key=m.attrs.get("dataset_key"))
+    pairs = ctx.get("near_pairs")  # the out-of-core engines' pair table (core.data.engine_duckdb)
+    if pairs is None:
+        pairs = measure.near_pairs(df, measure.base_threshold_for(t), ctx.get("timings"), key=m.attrs.get("dataset_key"))
     clusters = measure.near_clusters(pairs, len(df), t, alive)
     return clusters != np.arange(len(df)), lambda i: f"near duplicate (Jaccard ≥ {t}) of row {clusters[i]}"
 
@@ -318,9 +322,17 @@ def apply_recipe(df, recipe: DataRecipe, measurements=None, timings: dict | None
         measurements = measure.measure(df, recipe.tokenizer if length and length.enabled else None, timings,
                                        near_threshold=measure.base_threshold_for(float(near.get("threshold")))
                                        if near and near.enabled else None)
-    alive = np.ones(len(df), dtype=bool)
-    reasons = np.full(len(df), "", dtype=object)
-    funnel, ctx = [], {"timings": timings}
+    return run_steps(df, measurements, recipe, timings=timings, progress=progress)
+
+
+def run_steps(df, measurements, recipe: DataRecipe, timings: dict | None = None,
+              progress: Callable[[str], None] | None = None, near_pairs=None) -> FilterResult:
+    """The recipe's step loop over measured rows. `df` needs only the columns the steps read besides the
+    measurements (`source`, `score`); `near_pairs` (i, j, jaccard) replaces the cached pair table: the
+    out-of-core engines measure in passes and call this with what they found."""
+    alive = np.ones(len(measurements), dtype=bool)
+    reasons = np.full(len(measurements), "", dtype=object)
+    funnel, ctx = [], {"timings": timings, "near_pairs": near_pairs}
     for step in recipe.steps:
         if not step.enabled:
             continue

@@ -1,0 +1,179 @@
+"""Benchmark: the default recipe out of core (DuckDB engine, optionally Ray) against the in-memory path.
+
+Run as: .venv/bin/python bench/data_scale.py [--rows 100000] [--memory-rows 100000] [--ray-rows 0] [--skip-memory]
+
+1. Builds FineTome-shaped rows with planted duplicates (bench/data_pipeline.py's generator) and saves them
+   as a sharded version (core.data.shards.ShardWriter), so no step needs them all in memory.
+2. Each engine runs `python -m core.data filter` in its own process tree on a cold work folder; a sampler
+   adds up the RSS of the whole tree (the CLI, its spawned workers, Ray's processes) every 0.2 s.
+3. Prints wall time, µs per row, peak tree RSS, the kept-row hash of each engine (equal = identical
+   output), the ratio of per-row times, and near-dup recall on the planted copies.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def generator():
+    spec = importlib.util.spec_from_file_location("data_pipeline", ROOT / "bench" / "data_pipeline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_version(home: Path, name: str, n: int) -> list[tuple[int, int]]:
+    """Write n generated rows as a sharded version in 100k-row blocks; return the planted near-dup pairs."""
+    import pandas as pd
+    import pyarrow as pa
+
+    os.environ["IRIS_HOME"] = str(home)
+    from core import versions
+    from core.data import formats, shards
+    from core.paths import write_json
+
+    rows, planted = generator().build_rows(n)
+    folder = versions.version_dir(name)
+    writer = shards.ShardWriter(folder / versions.TRAIN)
+    for lo in range(0, n, 100_000):
+        df = formats.normalise(pd.DataFrame(rows[lo:lo + 100_000]), keep_broken_roles=True)
+        writer.write(pa.Table.from_pandas(df, preserve_index=False))
+    writer.close()
+    del rows
+    write_json(folder / versions.MANIFEST, versions.manifest_for(name, "import", {"source": "bench"}, n, 0,
+                                                                 ["messages", "source", "score"], [], f"bench-{n}"))
+    return planted
+
+
+def run_engine(home: Path, version: str, engine: str, out: str) -> dict:
+    import psutil
+
+    recipe = ROOT / "data" / "recipes" / "default.yaml"
+    env = {**os.environ, "IRIS_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "core.data", "filter", version, "--recipe", str(recipe), "--name",
+                             out, "--engine", engine], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peak, root = 0, psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI and the workers it reaped (not Ray's raylet workers)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    stderr = proc.stderr.read()
+    if proc.returncode:
+        raise SystemExit(f"{engine} failed:\n{stderr[-3000:]}")
+    return {"engine": engine, "wall_s": wall, "cpu_s": cpu, "peak_tree_rss_gib": peak / 2**30, "version": out}
+
+
+def kept_hash_and_recall(home: Path, out: str, planted) -> tuple[str, float]:
+    """The version's content hash, and the share of planted (original, copy) pairs that both reached the
+    dedup steps where one went as a duplicate (as bench/data_pipeline.py counts recall)."""
+    import pandas as pd
+
+    os.environ["IRIS_HOME"] = str(home)
+    from core import versions
+
+    m = versions.load_manifest(out)
+    path = versions.version_dir(out) / "dropped.parquet"
+    if not path.exists():  # the in-memory engine does not write it
+        return m["content_hash"], float("nan")
+    why = dict(zip(*pd.read_parquet(path).to_dict("list").values()))
+
+    def reached(r):
+        return r not in why or why[r].startswith(("near_dedup", "exact_dedup"))
+    pairs = [(o, c) for o, c in planted if reached(o) and reached(c)]
+    found = sum(o in why or c in why for o, c in pairs)
+    return m["content_hash"], found / max(1, len(pairs))
+
+
+PAGE_PROBE = """
+import os, resource, sys, time
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1] + "/pages/data.py", default_timeout=600).run()
+at.radio[0].set_value("Saved version").run()
+at.selectbox[0].set_value(sys.argv[2]).run()
+start = time.perf_counter()
+at.button[0].click().run()
+opened = time.perf_counter() - start
+assert not at.exception and len(at.dataframe[0].value) == 50, at.exception
+start = time.perf_counter()
+at.number_input(key="big_page").set_value(1000).run()
+paged = time.perf_counter() - start
+print(opened, paged, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+
+
+def page_open(home: Path, version: str) -> dict:
+    """The Data page (AppTest, in its own process) opening `version`: seconds to page 1, to page 1000, peak RSS."""
+    env = {**os.environ, "IRIS_HOME": str(home), "PYTHONPATH": str(ROOT), "IRIS_INMEMORY_ROWS": "1000"}
+    out = subprocess.run([sys.executable, "-c", PAGE_PROBE, str(ROOT), version], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode:
+        raise SystemExit(f"page probe failed:\n{out.stderr[-3000:]}")
+    opened, paged, rss = map(float, out.stdout.split()[-3:])
+    return {"open_s": opened, "page_1000_s": paged, "peak_rss_gib": rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="rows for the out-of-core engine")
+    parser.add_argument("--memory-rows", type=int, default=100_000, help="rows for the in-memory baseline")
+    parser.add_argument("--ray-rows", type=int, default=0, help="also run the Ray engine on this many rows (0: no)")
+    parser.add_argument("--skip-memory", action="store_true", help="no in-memory baseline")
+    parser.add_argument("--page", action="store_true", help="time the Data page opening the --rows version")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="iris-scale-"))
+    results = {}
+    sizes = sorted({args.rows, args.memory_rows} | ({args.ray_rows} if args.ray_rows else set()))
+    for n in sizes:
+        planted = make_version(home, f"gen{n}", n)
+        print(f"built {n:,} rows ({len(planted):,} planted near-dup pairs)", flush=True)
+        engines = (["duckdb"] if n == args.rows else []) + (["memory"] if n == args.memory_rows and not args.skip_memory
+                                                             else []) + (["ray"] if n == args.ray_rows else [])
+        for engine in engines:
+            r = run_engine(home, f"gen{n}", engine, f"out-{engine}-{n}")
+            r["content_hash"], r["near_recall"] = kept_hash_and_recall(home, r["version"], planted)
+            r["us_per_row"], r["cpu_us_per_row"] = r["wall_s"] / n * 1e6, r["cpu_s"] / n * 1e6
+            results[(engine, n)] = r
+            print(f"{engine:>6} {n:>9,} rows: {r['wall_s']:7.1f} s ({r['us_per_row']:.0f} µs/row; CPU {r['cpu_s']:.0f} s, {r['cpu_us_per_row']:.0f} µs/row), peak tree RSS "
+                  f"{r['peak_tree_rss_gib']:.2f} GiB, near-dup recall {r['near_recall']:.4f}, kept hash "
+                  f"{r['content_hash'][:16]}", flush=True)
+    if args.page:
+        page = page_open(home, f"gen{args.rows}")
+        print(f"Data page, {args.rows:,}-row version: page 1 in {page['open_s']:.2f} s (goal ≤ 3 s), page 1000 in "
+              f"{page['page_1000_s']:.2f} s, app peak RSS {page['peak_rss_gib']:.2f} GiB (goal ≤ 1.5 GiB)", flush=True)
+    mem = results.get(("memory", args.memory_rows))
+    duck = results.get(("duckdb", args.rows))
+    if mem and duck:
+        print(f"per-row time duckdb@{args.rows:,} / memory@{args.memory_rows:,}: "
+              f"{duck['us_per_row'] / mem['us_per_row']:.2f}x wall (goal ≤ 1.2x), "
+              f"{duck['cpu_us_per_row'] / mem['cpu_us_per_row']:.2f}x CPU (steadier on a shared machine)")
+        if args.rows == args.memory_rows:
+            print(f"kept rows identical: {duck['content_hash'] == mem['content_hash']}")
+    if ("ray", args.ray_rows) in results and ("duckdb", args.ray_rows) in results:
+        ray, d = results[("ray", args.ray_rows)], results[("duckdb", args.ray_rows)]
+        print(f"ray {ray['wall_s']:.1f} s vs duckdb {d['wall_s']:.1f} s; identical: {ray['content_hash'] == d['content_hash']}")
+    print(json.dumps({f"{k[0]}@{k[1]}": v for k, v in results.items()}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

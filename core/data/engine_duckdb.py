@@ -1,0 +1,396 @@
+"""The default recipe on data larger than memory: passes over bounded pieces, grouping out of core in DuckDB.
+
+Run through the CLI: python -m core.data filter VERSION --recipe R.yaml --name NAME --engine duckdb
+(`--engine ray [--address ADDR]` runs the same passes on Ray: core.data.engine_ray).
+
+    filter_big(version, recipe, name, ...) -> Path     the new version, its rows as Parquet shards
+    run_recipe(files, recipe, work, runner, ...) -> FilterResult   kept / reasons / funnel without saving
+
+Passes (each one's output lives in the work folder IRIS_HOME/work/filter-NAME until the version is saved):
+  1 measure     per piece, in worker processes: the in-memory path's per-row measurements, a 128-bit key
+                of the exact-dedup text and the MinHash LSH band keys (core.data.passes) → measure/, bands/
+  2 candidates  DuckDB groups the band keys (spilling to disk past its memory limit) into candidate
+                pairs exactly as dedup.lsh_candidates pairs rows within a bucket → pairs.parquet
+  3 verify      signatures and word-5-gram sets of the rows in candidate pairs only; the same signature
+                pre-check and true Jaccard as the in-memory path → near.parquet
+  4 steps       DuckDB reads the measurements back in row order with each row's exact-duplicate cluster;
+                the recipe's own step loop (filters.run_steps) decides kept rows and reasons
+  5 write       kept rows are copied piece by piece into shards of a temporary version folder, renamed
+                into place at the end (core.paths.atomic_dir): never a partial version
+Results equal filters.apply_recipe's on the same rows (kept rows, drop reasons, funnel counts).
+
+Resume: every piece and pass output is written under a temporary name and renamed, and state.json lists
+the finished passes with a fingerprint of (input, recipe, piece size); re-running the same command after
+a kill resumes from the last finished piece, and a changed input or recipe starts clean.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from core import versions
+from core.data import passes, shards
+from core.data.filters import DataRecipe, FilterResult, run_steps
+from core.data.progress import Progress
+from core.errors import IrisError
+from core.paths import atomic_dir, iris_home, read_json, write_json
+
+DROPPED = "dropped.parquet"  # in a version made out of core: (row of the parent, reason) per dropped row
+MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as dedup.lsh_candidates
+DUCKDB_MEMORY = os.environ.get("IRIS_DUCKDB_MEMORY", "1GB")  # DuckDB's own limit; it spills to work/duck_tmp past it
+
+
+class LocalRunner:
+    """Runs piece functions in `workers` spawned processes (1: in this process); groups with DuckDB."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or os.cpu_count() or 1
+        self.pool = None
+
+    def map(self, fn: Callable, tasks: list[dict]) -> Iterator:
+        """fn(task) for every task, results as they finish; at most 2 pieces per worker in flight."""
+        if self.workers <= 1:
+            yield from (fn(t) for t in tasks)
+            return
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        if self.pool is None:  # spawn: the parent may hold DuckDB/Arrow threads that fork would copy mid-lock
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        todo, running = list(tasks), set()
+        while todo or running:
+            while todo and len(running) < 2 * self.workers:
+                running.add(self.pool.submit(fn, todo.pop(0)))
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield fut.result()
+
+    def candidates(self, work: Path, near_base: float) -> np.ndarray:
+        return duckdb_candidates(work)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+def connect(work: Path):
+    """A DuckDB connection that spills to the work folder past DUCKDB_MEMORY."""
+    import duckdb
+
+    con = duckdb.connect()
+    (work / "duck_tmp").mkdir(parents=True, exist_ok=True)
+    con.execute(f"SET temp_directory = '{work / 'duck_tmp'}'")
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
+    con.execute(f"SET threads = {os.cpu_count() or 1}")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def duckdb_candidates(work: Path) -> np.ndarray:
+    """Candidate pairs (i < j, sorted) from the band keys: in every (band, key) bucket, members in row order,
+    each paired with the next MAX_OFFSET members: dedup.lsh_candidates' pairs, grouped out of core."""
+    if not any((work / passes.BANDS).glob("piece-*.parquet")):
+        return np.zeros((0, 2), dtype=np.int64)
+    con = connect(work)
+    glob = work / passes.BANDS / "piece-*.parquet"
+    con.execute(f"""CREATE TEMP TABLE m AS
+        SELECT band, key, row, row_number() OVER (PARTITION BY band, key ORDER BY row) AS rn
+        FROM read_parquet('{glob}') QUALIFY count(*) OVER (PARTITION BY band, key) > 1""")
+    pairs = con.execute(f"""SELECT DISTINCT a.row AS i, c.row AS j
+        FROM m a CROSS JOIN (SELECT range AS d FROM range(1, {MAX_OFFSET + 1})) o
+        JOIN m c ON c.band = a.band AND c.key = a.key AND c.rn = a.rn + o.d
+        ORDER BY i, j""").fetchnumpy()
+    con.close()
+    return np.stack([pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)], axis=1)
+
+
+def near_base_of(recipe: DataRecipe) -> float | None:
+    from core.data.measure import base_threshold_for
+
+    near = recipe.step("near_dedup")
+    return base_threshold_for(float(near.get("threshold"))) if near and near.enabled else None
+
+
+def _piece_task(piece: shards.Piece, work: Path, recipe: DataRecipe) -> dict:
+    length, edu = recipe.step("length"), recipe.step("edu_semantic")
+    return {"piece": piece.__dict__, "work": str(work), "near_base": near_base_of(recipe),
+            "tokenizer": recipe.tokenizer if length and length.enabled else None,
+            "edu": dict(edu.params) if edu and edu.enabled else None}
+
+
+def measure_pass(all_pieces: list[shards.Piece], work: Path, recipe: DataRecipe, runner, progress: Progress) -> None:
+    """Pass 1: measure every piece that has no measurement file yet."""
+    done = {p.name for p in (work / passes.MEASURE).glob("piece-*.parquet")}
+    todo = [p for p in all_pieces if passes.piece_name(p.offset) not in done]
+    total = sum(p.rows for p in all_pieces)
+    progress.start("measure", total, already=total - sum(p.rows for p in todo))
+    for out in runner.map(passes.measure_piece, [_piece_task(p, work, recipe) for p in todo]):
+        progress.advance(out["rows"])
+    progress.done()
+
+
+def verify_pass(all_pieces: list[shards.Piece], pairs: np.ndarray, near_base: float, runner,
+                progress: Progress, work: Path):
+    """Pass 3: the (i, j, jaccard) table of candidate pairs whose true Jaccard reaches `near_base`.
+
+    Workers write the signatures and shingle sets of the rows in candidate pairs to disk; the checks then
+    hold only what each stage needs: the 64 quick bins of those rows, full signatures of the rows left,
+    shingle sets of the rows left after that (dedup.plausible_pairs' two checks, then the true Jaccard)."""
+    import pandas as pd
+
+    from core.data import dedup
+
+    involved = np.unique(pairs) if len(pairs) else np.zeros(0, dtype=np.int64)
+    offsets = np.array([p.offset for p in all_pieces])
+    which = np.searchsorted(offsets, involved, side="right") - 1
+    (work / passes.VERIFY).mkdir(exist_ok=True)
+    done = {p.name for p in (work / passes.VERIFY).glob("piece-*.npz")}
+    tasks = [{"piece": all_pieces[k].__dict__, "work": str(work), "rows": involved[which == k]}
+             for k in np.unique(which) if f"piece-{all_pieces[k].offset:012d}.npz" not in done]
+    progress.start("verify", len(involved), already=len(involved) - sum(len(t["rows"]) for t in tasks))
+    for out in runner.map(passes.verify_piece, tasks):
+        progress.advance(out["rows"])
+    progress.done()
+    cand = np.searchsorted(involved, pairs) if len(pairs) else pairs
+    quick = _gather(work, involved, np.arange(len(involved)), lambda z, at: z["sig"][at, :QUICK_BINS])
+    cand = cand[_agree(quick, cand, near_base - PLAUSIBLE_MARGIN - 0.2)]  # dedup.plausible_pairs' quick check
+    del quick
+    left = np.unique(cand)
+    full = _gather(work, involved, left, lambda z, at: z["sig"][at])
+    cand = cand[_agree(full, np.searchsorted(left, cand), near_base - PLAUSIBLE_MARGIN)]  # and its full check
+    del full
+    left = np.unique(cand)
+    sets = _gather(work, involved, left, _sets_at, as_list=True)
+    jac = dedup.jaccard_of_sets(dict(enumerate(sets)), np.searchsorted(left, cand))
+    keep = jac >= near_base
+    return pd.DataFrame({"i": involved[cand[keep, 0]], "j": involved[cand[keep, 1]], "jaccard": jac[keep]})
+
+
+QUICK_BINS, PLAUSIBLE_MARGIN = 64, 0.15  # as dedup.plausible_pairs: its first 64 bins, its margin
+
+
+def _agree(sig: np.ndarray, pairs: np.ndarray, floor: float) -> np.ndarray:
+    """Pairs whose signatures agree on a share ≥ floor of their bins (the same expression as dedup's)."""
+    keep = np.zeros(len(pairs), dtype=bool)
+    for lo in range(0, len(pairs), 20000):
+        a, c = pairs[lo:lo + 20000, 0], pairs[lo:lo + 20000, 1]
+        keep[lo:lo + 20000] = (sig[a] == sig[c]).mean(axis=1) >= floor
+    return keep
+
+
+def _sets_at(z, at: np.ndarray) -> list[np.ndarray]:
+    values, offsets = z["set_values"], z["set_offsets"]  # each npz key read once: it loads the whole array
+    return [values[offsets[k]:offsets[k + 1]] for k in at]
+
+
+def _gather(work: Path, involved: np.ndarray, wanted: np.ndarray, take: Callable, as_list: bool = False):
+    """take(npz, positions) of the `wanted` entries (indices into `involved`), piece file by piece file,
+    stacked in `wanted` order."""
+    parts, order = [], []
+    wanted_rows = involved[wanted]
+    for path in sorted((work / passes.VERIFY).glob("piece-*.npz")):
+        with np.load(path) as z:
+            rows = z["rows"]
+            hit = np.flatnonzero(np.isin(rows, wanted_rows))
+            if len(hit):
+                parts.append(take(z, hit))
+                order.append(np.searchsorted(wanted_rows, rows[hit]))
+    if as_list:
+        out: list = [None] * len(wanted)
+        for at, part in zip(order, parts):
+            for k, v in zip(at, part):
+                out[k] = v
+        return out
+    out = np.empty((len(wanted), parts[0].shape[1] if parts else 0), dtype=np.uint64)
+    for at, part in zip(order, parts):
+        out[at] = part
+    return out
+
+
+def measurements(work: Path):
+    """Pass 4's input: every measurement in row order, with each row's exact-duplicate cluster (the lowest
+    row with the same normalised text), grouped by DuckDB."""
+    con = connect(work)
+    glob = work / passes.MEASURE / "piece-*.parquet"
+    m = con.execute(f"""SELECT * EXCLUDE (row, exact_hi, exact_lo),
+        min(row) OVER (PARTITION BY exact_hi, exact_lo) AS exact_cluster
+        FROM read_parquet('{glob}') ORDER BY row""").df()
+    con.close()
+    return m
+
+
+def scalar_columns(files: list[Path]):
+    """The columns the steps read besides the measurements (`source`, `score`), for every row."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    wanted = [c for c in ("source", "score") if c in pq.ParquetFile(files[0]).schema_arrow.names]
+    parts = [pq.read_table(f, columns=wanted).to_pandas() for f in files] if wanted else []
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def run_recipe(files: list[Path], recipe: DataRecipe, work: Path, runner, progress: Progress,
+               chunk_rows: int = shards.CHUNK_ROWS, fingerprint: str = "") -> FilterResult:
+    """Passes 1–4 over the rows of `files` (resuming what state.json says is done); the FilterResult's df
+    holds only the scalar columns: the rows themselves stay on disk."""
+    import pandas as pd
+
+    state = _state(work, fingerprint)
+    all_pieces = shards.pieces(files, chunk_rows)
+    n = sum(p.rows for p in all_pieces)
+    if "measure" not in state["passes"]:
+        measure_pass(all_pieces, work, recipe, runner, progress)
+        _finish(work, state, "measure")
+    near_base, near = near_base_of(recipe), None
+    if near_base is not None:
+        if "verify" not in state["passes"]:
+            if "candidates" not in state["passes"]:
+                progress.start("candidates (DuckDB)", n)
+                np.save(work / "pairs.tmp.npy", runner.candidates(work, near_base))
+                (work / "pairs.tmp.npy").replace(work / "pairs.npy")
+                progress.advance(n - progress.count)
+                progress.done()
+                _finish(work, state, "candidates")
+            near = verify_pass(all_pieces, np.load(work / "pairs.npy"), near_base, runner, progress, work)
+            passes._write(near, work / "near.parquet")
+            _finish(work, state, "verify")
+        near = pd.read_parquet(work / "near.parquet")
+    progress.start("steps", n)
+    m = measurements(work)
+    light = scalar_columns(files)
+    result = run_steps(light if light is not None else pd.DataFrame(index=range(n)), m, recipe, near_pairs=near)
+    progress.advance(n)
+    progress.done()
+    return result
+
+
+def _state(work: Path, fingerprint: str) -> dict:
+    """The work folder's state; a different fingerprint (input, recipe, piece size) starts clean."""
+    state = read_json(work / "state.json", default=None)
+    if not state or state.get("fingerprint") != fingerprint:
+        shutil.rmtree(work, ignore_errors=True)
+        for sub in (passes.MEASURE, passes.BANDS):
+            (work / sub).mkdir(parents=True, exist_ok=True)
+        state = {"fingerprint": fingerprint, "passes": [], "started": time.time()}
+        write_json(work / "state.json", state)
+    return state
+
+
+def _finish(work: Path, state: dict, name: str) -> None:
+    state["passes"].append(name)
+    write_json(work / "state.json", state)
+
+
+def eval_mask(kept_rows: int, fraction: float, seed: int) -> np.ndarray:
+    """The rows of the kept ones that versions.split would hold out (it depends on the count alone)."""
+    mask = np.zeros(kept_rows, dtype=bool)
+    n = int(round(kept_rows * fraction)) if fraction else 0
+    if n:
+        mask[np.random.default_rng(seed).choice(np.arange(kept_rows), size=n, replace=False)] = True
+    return mask
+
+
+def write_version(files: list[Path], kept: np.ndarray, held: np.ndarray, folder: Path,
+                  progress: Progress, chunk_rows: int = shards.CHUNK_ROWS) -> tuple[int, int, str, list[str]]:
+    """Pass 5: copy kept rows into folder/train.parquet/ and eval.parquet/ shards; returns (train rows,
+    eval rows, content hash as versions.content_hash computes it, columns)."""
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    train, held_out = shards.ShardWriter(folder / versions.TRAIN), shards.ShardWriter(folder / versions.EVAL)
+    position, columns = 0, []
+    progress.start("write", len(kept))
+    for piece in shards.pieces(files, chunk_rows):
+        table = shards.read_piece(piece)
+        columns = table.column_names
+        local = np.flatnonzero(kept[piece.offset: piece.offset + piece.rows])
+        to_eval = held[position: position + len(local)]
+        position += len(local)
+        rows = table.take(pa.array(local[~to_eval]))
+        if rows.num_rows:
+            train.write(rows)
+            versions.hash_rows(digest, rows.to_pandas())
+        if to_eval.any():
+            held_out.write(table.take(pa.array(local[to_eval])))
+        progress.advance(piece.rows)
+    train.close()
+    held_out.close()
+    for path in shards.split_files(folder, "eval"):  # the manifest hashes train rows, then eval rows
+        versions.hash_rows(digest, shards.piece_frame(shards.Piece(str(path), 0, shards.file_rows(path), 0)))
+    if not held_out.rows:
+        shutil.rmtree(folder / versions.EVAL, ignore_errors=True)
+    progress.done()
+    return train.rows, held_out.rows, digest.hexdigest(), columns
+
+
+def version_files(version: str) -> list[Path]:
+    """A version's rows as files: train, then eval (the order core.data.store.load_version_rows reads them)."""
+    folder = versions.version_dir(version)
+    versions.load_manifest(version)
+    return shards.split_files(folder, "train") + shards.split_files(folder, "eval")
+
+
+def make_runner(engine: str, workers: int | None = None, address: str | None = None):
+    if engine == "duckdb":
+        if address:
+            raise IrisError("--address is for --engine ray; the duckdb engine runs on this machine.")
+        return LocalRunner(workers)
+    if engine == "ray":
+        from core.data import engine_ray
+
+        return engine_ray.RayRunner(address, workers)
+    raise IrisError(f"unknown engine {engine!r}: use duckdb (this machine) or ray (a Ray cluster).")
+
+
+def filter_big(version: str, recipe: DataRecipe, name: str, eval_fraction: float | None = None,
+               engine: str = "duckdb", address: str | None = None, chunk_rows: int = shards.CHUNK_ROWS,
+               workers: int | None = None, job_dir: Path | None = None) -> Path:
+    """Apply `recipe` to version `version` out of core and save the kept rows as version `name` (shards)."""
+    import pandas as pd
+
+    target = versions.version_dir(name)
+    if versions.exists(name):
+        raise IrisError(f"dataset version {name!r} already exists (versions are immutable): choose another name.")
+    files, manifest = version_files(version), versions.load_manifest(version)
+    work = work_dir(name)
+    n = sum(shards.file_rows(f) for f in files)
+    bands = passes.band_plan(near_base_of(recipe))[0] if near_base_of(recipe) is not None else 0
+    # input again for the output, band keys twice (files and DuckDB's spill), ≈ 200 B of measurements a row
+    shards.check_disk(iris_home(), shards.split_bytes(files) + n * (bands * 36 + 200), f"filtering {n:,} rows")
+    fraction = recipe.eval_fraction if eval_fraction is None else eval_fraction
+    fingerprint = hashlib.sha1(f"{manifest.get('content_hash')}|{recipe.to_yaml()}|{chunk_rows}".encode()).hexdigest()
+    progress, runner = Progress(job_dir), make_runner(engine, workers, address)
+    try:
+        result = run_recipe(files, recipe, work, runner, progress, chunk_rows, fingerprint)
+    finally:
+        runner.close()
+    kept = result.kept
+    if not kept.any():
+        raise IrisError(f"dataset version {name!r} would be empty: loosen the recipe.")
+    with atomic_dir(target) as tmp:
+        train_rows, eval_rows, digest, columns = write_version(files, kept, eval_mask(int(kept.sum()), fraction,
+                                                                                      recipe.seed), tmp, progress,
+                                                               chunk_rows)
+        (tmp / versions.RECIPE).write_text(recipe.to_yaml(), encoding="utf-8")
+        gone = np.flatnonzero(~kept)  # why each input row went (row numbers of the parent version)
+        pd.DataFrame({"row": gone, "reason": result.reasons[gone].astype(str)}).to_parquet(tmp / DROPPED, index=False)
+        extra = {"dropped_by_reason": result.reason_counts(), "recipe_name": recipe.name, "tokenizer": recipe.tokenizer,
+                 "split": {"eval_fraction": fraction, "seed": recipe.seed}, "engine": engine, "sharded": True}
+        parent = {"version": version, "content_hash": manifest.get("content_hash")}
+        write_json(tmp / versions.MANIFEST, versions.manifest_for(name, "filter", parent, train_rows, eval_rows, columns,
+                                                                  result.funnel, digest, extra))
+    shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def work_dir(name: str) -> Path:
+    """Where a filter into version `name` keeps its passes (and, run as a job, its status.json)."""
+    return iris_home() / "work" / f"filter-{name}"
+
