@@ -7,7 +7,8 @@ so a deploy bundle ships it verbatim as `iris_serve.py` and runs the same API th
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 `serve.yaml` is exactly llama_cpp.server's config-file format (so `python -m llama_cpp.server
---config_file serve.yaml` runs it too); `models.json` beside it holds what Iris knows about each served
+--config_file serve.yaml` runs it too, with its stock chat handler: no gate, control tokens parsed in
+messages); `models.json` beside it holds what Iris knows about each served
 name (label, lineage). What llama_cpp.server does: load the GGUFs (one at a time, switching on demand),
 sample, stream SSE, and the /v1/chat/completions and /v1/completions routes. What it does differently
 here: a chat is rendered with the GGUF's own template (`chat_format: chat_template.default` in serve.yaml)
@@ -150,7 +151,11 @@ class ChatPrompt:
         if self.formatter is None:
             raise ValueError("this GGUF has no chat template in its metadata (tokenizer.chat_template): "
                              "use /v1/completions with a prompt, or re-export the model from one that has one.")
-        return self.formatter(messages=self.protect(messages), **{k: self.protect(v) for k, v in kwargs.items()})
+        result = self.formatter(messages=self.protect(messages), **{k: self.protect(v) for k, v in kwargs.items()})
+        # No stop *string* for the end-of-turn token: the token itself ends the answer (llama.cpp stops at
+        # end-of-generation tokens), and its spelling written by the model as text is text, as in Chat.
+        result.stop = None
+        return result
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of a rendered, protected prompt: the template's control-token strings become their ids,
