@@ -205,7 +205,8 @@ def chat_handler(*, llama, **kwargs: Any):
     with _prompts_lock:
         prompt = _prompts.get(llama)
         if prompt is None:  # once per loaded model: reads the vocabulary's control tokens (~0.1 s for 49k tokens)
-            prompt = _prompts[llama] = ChatPrompt(llama)
+            # through a weak proxy: a value holding its key would keep a model llama_cpp.server switched away from
+            prompt = _prompts[llama] = ChatPrompt(weakref.proxy(llama))
     return prompt.handler(llama=_PlainTextModel(llama, prompt), **kwargs)
 
 
