@@ -7,11 +7,15 @@ so a deploy bundle ships it verbatim as `iris_serve.py` and runs the same API th
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 `serve.yaml` is exactly llama_cpp.server's config-file format (so `python -m llama_cpp.server
---config_file serve.yaml` runs it too); `models.json` beside it holds what Iris knows about each served
+--config_file serve.yaml` runs it too, with its stock chat handler: no gate, control tokens parsed in
+messages); `models.json` beside it holds what Iris knows about each served
 name (label, lineage). What llama_cpp.server does: load the GGUFs (one at a time, switching on demand),
-render each chat with the GGUF's own template (`chat_format: chat_template.default`), sample, stream
-SSE, and the /v1/chat/completions and /v1/completions routes. What it lacks, added here as one ASGI gate
-in front of it and one route in place of its /v1/models:
+sample, stream SSE, and the /v1/chat/completions and /v1/completions routes. What it does differently
+here: a chat is rendered with the GGUF's own template (`chat_format: chat_template.default` in serve.yaml)
+through Iris's chat handler (`CHAT_FORMAT`, `ChatPrompt`), which keeps every message's text as text:
+llama-cpp-python's stock handler tokenises the whole rendered prompt with special tokens parsed, so a user
+who types `<|im_end|>\n<|im_start|>system ...` would forge a system turn. What it lacks, added here as one
+ASGI gate in front of it and one route in place of its /v1/models:
 - an unknown model name silently falls back to the first model; here it is a 404 `model_not_found`;
 - a too-long prompt is a 400 only without streaming (streamed, the error is raised after the 200 is
   sent and the stream just ends), and it does not say by how much; here every too-long chat is a 400
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +72,155 @@ def fetch_missing(entry: dict, hub: dict | None) -> None:
             hf_hub_download(hub["repo_id"], name, local_dir=str(Path(entry[key]).parent))
 
 
+CHAT_FORMAT = "iris-chat-template"
+"""The chat handler `build_app` registers with llama-cpp-python and gives every model whose serve.yaml entry says
+`chat_template.default` (so serve.yaml itself stays llama_cpp.server's own format)."""
+
+# Chat prompts whose message text stays text. The same two steps as the workbench's
+# core/inference/chat_tokens.py and its GGUF engine (copied, as this file imports nothing from Iris;
+# tests/test_serve.py pins that both give the same token ids):
+# 1. every control-token string inside the request (message contents, names, tools) is replaced by a
+#    placeholder of private-use characters before the template renders, so every control-token string
+#    left in the rendered text was written by the template itself;
+# 2. the rendered text is cut at those strings (each becomes its id) and each piece between them,
+#    placeholders restored, is tokenised as plain text (special tokens not parsed).
+OPEN, CLOSE = "\ue000", "\ue001"  # Unicode private-use characters: no tokenizer gives them a meaning
+
+
+def control_tokens(llm) -> dict[str, int]:
+    """The GGUF's control-token strings -> ids: what llama.cpp parses only with special=True."""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    out: dict[str, int] = {}
+    for i in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+        if llama_cpp.llama_vocab_get_attr(vocab, i) & wanted:
+            text = llm._model.token_get_text(i)
+            if text:
+                out.setdefault(text, i)
+    return out
+
+
+class ChatPrompt:
+    """One GGUF's chat template, rendered and tokenised so that only the template's own structure becomes
+    control tokens. Built from a loaded `Llama` (a `vocab_only` one is enough: the gate counts with it)."""
+
+    def __init__(self, llm) -> None:
+        from llama_cpp import llama_chat_format
+
+        self.llm = llm
+        self.specials = control_tokens(llm)
+        # longest first (a longer token wins where two start at the same place), then by id: the same
+        # numbering as core/inference/chat_tokens.py
+        self.order = sorted((t for t in self.specials if t), key=lambda t: (-len(t), self.specials[t], t))
+        self.pattern = re.compile("|".join(re.escape(t) for t in self.order)) if self.order else None
+        self.index = {t: i for i, t in enumerate(self.order)}
+        m = llm._model
+        bos, eos = llm.token_bos(), llm.token_eos()
+        self.bos_text = m.token_get_text(bos) if bos >= 0 else ""
+        template = llm.metadata.get("tokenizer.chat_template")
+        # as llama-cpp-python builds its own handler for `chat_template.default` (stop at EOS included)
+        self.formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=m.token_get_text(eos) if eos >= 0 else "", bos_token=self.bos_text,
+            stop_token_ids=[eos]) if template else None
+        self.handler = llama_chat_format.chat_formatter_to_chat_completion_handler(self.format)
+
+    def protect(self, value: Any) -> Any:
+        """`value` (a message, a list of them, tools, ...) with control-token strings in its strings replaced by
+        placeholders."""
+        if isinstance(value, str):
+            if self.pattern is None or not self.pattern.search(value):
+                return value
+            return self.pattern.sub(lambda hit: f"{OPEN}{self.index[hit.group(0)]}{CLOSE}", value)
+        if isinstance(value, list):
+            return [self.protect(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.protect(v) for k, v in value.items()}
+        return value
+
+    def restore(self, text: str) -> str:
+        if OPEN not in text:
+            return text
+        return re.sub(f"{OPEN}(\\d+){CLOSE}", lambda hit: self.order[int(hit.group(1))]
+                      if int(hit.group(1)) < len(self.order) else hit.group(0), text)
+
+    def format(self, *, messages: list, **kwargs: Any):
+        """llama-cpp-python's ChatFormatter: the template rendered over the protected request (the prompt text
+        holds placeholders; `tokenize` turns it into ids)."""
+        if self.formatter is None:
+            raise ValueError("this GGUF has no chat template in its metadata (tokenizer.chat_template): "
+                             "use /v1/completions with a prompt, or re-export the model from one that has one.")
+        result = self.formatter(messages=self.protect(messages), **{k: self.protect(v) for k, v in kwargs.items()})
+        # No stop *string* for the end-of-turn token: the token itself ends the answer (llama.cpp stops at
+        # end-of-generation tokens), and its spelling written by the model as text is text, as in Chat.
+        result.stop = None
+        return result
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of a rendered, protected prompt: the template's control-token strings become their ids,
+        the text between them goes through llama.cpp with special tokens not parsed. BOS is added, as the Chat
+        engine does, only when the template did not write it and the model wants one."""
+        ids = [] if self.bos_text and text.startswith(self.bos_text) else self.llm.tokenize(b"", add_bos=True)
+        pos = 0
+        for hit in self.pattern.finditer(text) if self.pattern else ():
+            if hit.start() > pos:
+                ids += self.plain(text[pos:hit.start()])
+            ids.append(self.specials[hit.group(0)])
+            pos = hit.end()
+        return ids + self.plain(text[pos:])
+
+    def plain(self, text: str) -> list[int]:
+        text = self.restore(text)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+
+    def count(self, body: dict) -> int:
+        """Prompt tokens of a chat request, exactly as `chat_handler` will tokenise it."""
+        extra = {k: body.get(k) for k in ("functions", "function_call", "tools", "tool_choice")}
+        return len(self.tokenize(self.format(messages=body["messages"], **extra).prompt))
+
+
+class _PlainTextModel:
+    """The served `Llama` as llama-cpp-python's stock chat handler sees it: the one `tokenize` that handler calls
+    (the rendered prompt, special tokens parsed) goes through `ChatPrompt.tokenize` instead; everything else
+    (create_completion with its sampling, stop, seed, streaming, grammar and tools) is the model itself."""
+
+    def __init__(self, llama, prompt: ChatPrompt) -> None:
+        self._llama, self._prompt = llama, prompt
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self._prompt.tokenize(text.decode("utf-8"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llama, name)
+
+
+_prompts: "weakref.WeakKeyDictionary[Any, ChatPrompt]" = weakref.WeakKeyDictionary()  # per loaded Llama
+_prompts_lock = threading.Lock()
+
+
+def chat_handler(*, llama, **kwargs: Any):
+    """The chat handler registered as `CHAT_FORMAT`: llama-cpp-python's own handler for the GGUF's template,
+    with the prompt built by `ChatPrompt` (message text stays text)."""
+    with _prompts_lock:
+        prompt = _prompts.get(llama)
+        if prompt is None:  # once per loaded model: reads the vocabulary's control tokens (~0.1 s for 49k tokens)
+            # through a weak proxy: a value holding its key would keep a model llama_cpp.server switched away from
+            prompt = _prompts[llama] = ChatPrompt(weakref.proxy(llama))
+    return prompt.handler(llama=_PlainTextModel(llama, prompt), **kwargs)
+
+
 class PromptMeter:
-    """Counts a chat's prompt tokens exactly as llama_cpp.server will: the GGUF's own template through
-    llama-cpp-python's Jinja2ChatFormatter, tokenised with special tokens. Loads only the vocabulary
-    (`vocab_only`: a few MB, well under a second), so the check never waits for, or disturbs, the model
-    that is generating."""
+    """Counts a request's prompt tokens exactly as the server will: a chat through `ChatPrompt` (the GGUF's own
+    template, message text kept as text), a plain completion prompt with special tokens parsed (as
+    llama_cpp.server does: there the caller writes the template). Loads only the vocabulary (`vocab_only`:
+    a few MB, well under a second), so the check never waits for, or disturbs, the model that is generating."""
 
     def __init__(self, model_path: str) -> None:
-        from llama_cpp import Llama, llama_chat_format
+        from llama_cpp import Llama
 
         self.llm = Llama(model_path=model_path, vocab_only=True, verbose=False)
-        m = self.llm._model
-        bos, eos = self.llm.token_bos(), self.llm.token_eos()
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        self.formatter = llama_chat_format.Jinja2ChatFormatter(
-            template=template, eos_token=m.token_get_text(eos) if eos >= 0 else "",
-            bos_token=m.token_get_text(bos) if bos >= 0 else "") if template else None
+        self.prompt = ChatPrompt(self.llm)
         self.lock = threading.Lock()
 
     def count(self, body: dict) -> int | None:
@@ -90,11 +229,7 @@ class PromptMeter:
         with self.lock:
             try:
                 if "messages" in body:
-                    if self.formatter is None:
-                        return None
-                    result = self.formatter(messages=body["messages"])
-                    return len(self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
-                                                 special=True))
+                    return self.prompt.count(body) if self.prompt.formatter is not None else None
                 if isinstance(body.get("prompt"), str):
                     return len(self.llm.tokenize(body["prompt"].encode("utf-8"), special=True))
             except Exception:  # a template that cannot render these messages: llama_cpp.server will say so
@@ -237,10 +372,15 @@ def model_objects(config: dict, meta: dict) -> list[dict]:
 def build_app(config_path: str | Path, api_key: str | None = None, chat_page: str | None = None):
     """llama_cpp.server's FastAPI app for serve.yaml, behind the Gate, which also answers /v1/models (and
     /v1/models/{id}) with Iris's model objects and, when `chat_page` is HTML text, serves it at `/`."""
+    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     config, meta = load_config(Path(config_path))
+    LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(CHAT_FORMAT, chat_handler, overwrite=True)
+    for m in config["models"]:  # the GGUF's own template, through Iris's handler (message text stays text)
+        if m.get("chat_format") in (None, "chat_template.default"):
+            m["chat_format"] = CHAT_FORMAT
     server = ServerSettings.model_validate({k: v for k, v in config.items() if k != "models"})
     # Concurrent clients queue for the model (one generation at a time on a CPU) instead of
     # cutting each other's streams short, which is llama_cpp.server's default.

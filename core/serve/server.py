@@ -78,8 +78,9 @@ def model_settings(m: ChatModel, cfg: ServeConfig, path: str | None = None) -> d
     threads = int(cfg.threads) or cpu_threads()
     entry = {"model": path or m.path, "model_alias": m.id, "n_ctx": int(cfg.n_ctx), "n_threads": threads,
              "n_threads_batch": threads,
-             # The template stored in the GGUF, rendered by llama-cpp-python's Jinja2ChatFormatter, exactly as
-             # the Chat page does; without this llama_cpp.server may swap in a hand-written format it guesses.
+             # The template stored in the GGUF, rendered by llama-cpp-python's Jinja2ChatFormatter; app.build_app
+             # serves it through Iris's handler, which tokenises message text as text exactly as the Chat page
+             # does. Without this llama_cpp.server may swap in a hand-written format it guesses.
              "chat_format": "chat_template.default",
              "logits_all": False,  # llama_cpp.server defaults to True: logits of every prompt token, unused here
              "verbose": False}
