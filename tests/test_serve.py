@@ -395,3 +395,12 @@ def test_the_gate_counts_control_token_strings_as_the_text_they_are(served, chat
         served["client"].chat.completions.create(model=EMBEDDED, messages=messages, max_tokens=4)
     assert err.value.code == "context_length_exceeded"
     assert f"the prompt is {n_text} tokens" in err.value.message
+
+
+def test_an_api_open_to_other_machines_needs_a_key(iris_home):
+    """#28: a non-loopback host without --api-key is refused in one sentence, before any model loads."""
+    proc = subprocess.run([sys.executable, "-m", "core.serve", "smollm2-135m-instruct", "--host", "0.0.0.0",
+                           "--port", "8799"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "IRIS_API_KEY"})
+    assert proc.returncode == 2, proc.stderr
+    assert "--api-key" in proc.stderr and "127.0.0.1" in proc.stderr

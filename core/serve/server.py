@@ -104,8 +104,18 @@ def write_config(cfg: ServeConfig, folder: Path, models: list[ChatModel] | None 
     return folder / "serve.yaml"
 
 
+def check_exposure(host: str, api_key: str | None) -> None:
+    """An API reachable from other machines needs a key (the app needs a password the same way, core.access)."""
+    from core.access import is_loopback
+
+    if not is_loopback(host) and not api_key:
+        raise IrisError(f"serving on {host} lets other machines use your models: give --api-key KEY (or set "
+                        f"{KEY_ENV}), or serve on 127.0.0.1.")
+
+
 def launch(cfg: ServeConfig, api_key: str | None = None) -> Path:
     """Start `python -m core.serve` for `cfg` as a background job; returns its folder."""
+    check_exposure(cfg.host, api_key)
     served_models(cfg.models)  # refuse bad ids here, where the page can show the sentence
     job_dir = job_dir_for(cfg.port)
     argv = jobs.python_module_argv("core.serve", *cfg.models, "--host", cfg.host, "--port", str(cfg.port),
@@ -118,6 +128,7 @@ def run(cfg: ServeConfig, job_dir: Path | None = None, api_key: str | None = Non
     """Serve until stopped (Ctrl-C, SIGTERM, or the job's STOP file); status.json follows along."""
     from core.serve import app
 
+    check_exposure(cfg.host, api_key)
     job_dir = Path(job_dir or job_dir_for(cfg.port))
     models = served_models(cfg.models)
     config = write_config(cfg, job_dir, models)
