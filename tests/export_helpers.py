@@ -27,10 +27,15 @@ def save_adapter(base_dir: Path, out: Path, r: int = 8, alpha: int = 16, seed: i
 
 def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints: tuple[int, ...] = (2,),
              final: bool = True, dataset: str = "tiny-v1") -> Path:
-    """runs/<name>/config.yaml + checkpoints/checkpoint-N/ (with COMPLETE) + adapter/ (with tokenizer)."""
+    """runs/<name>/config.yaml + checkpoints/checkpoint-N/ (with COMPLETE) + adapter/ (with tokenizer).
+
+    Each checkpoint also holds the tokenizer as trl's Trainer saves it: with Iris's *training* chat
+    template (`{% generation %}` markers), which the final adapter's plain template replaces."""
     import shutil
 
     from transformers import AutoTokenizer
+
+    from core.train.backends import set_training_template
 
     run = Path(runs) / name
     run.mkdir(parents=True)
@@ -38,6 +43,9 @@ def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints
     for i, step in enumerate(checkpoints):
         ckpt = save_adapter(base_dir, run / "checkpoints" / f"checkpoint-{step}", seed=10 + i)
         (ckpt / "trainer_state.json").write_text('{"global_step": %d}' % step)
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        set_training_template(tok, assistant_only_loss=True)
+        tok.save_pretrained(ckpt)
         (ckpt / "COMPLETE").write_text("")
     if final:
         save_adapter(base_dir, run / "adapter", seed=1)

@@ -158,3 +158,43 @@ def test_llama_cpp_scripts_run_unmodified_with_the_heap_trimmed(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.strip() == (f"__main__ ['--outtype', 'f16', '{tmp_path / 'out'}'] beside the script "
                                    "['MainThread', 'malloc_trim']")
+
+
+def _render_plain(template: str, messages: list[dict], bos: str = "") -> str:
+    """Plain Jinja (no transformers extensions), the way other runtimes see a template."""
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token=bos)
+
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]
+
+
+def test_merging_a_checkpoint_writes_the_plain_template(tiny_llama3_dir, tmp_path):
+    """#27: a Trainer checkpoint holds the training template ({% generation %}); the merged folder must not."""
+    import jinja2
+    from transformers import AutoTokenizer
+
+    from core.export.merge import plain_view
+    from core.templates import folder_has_markers
+
+    run = make_run(runs_dir(), "tpl", str(tiny_llama3_dir), tiny_llama3_dir, checkpoints=(2,), final=False)
+    ckpt = run / "checkpoints" / "checkpoint-2"
+    trained = AutoTokenizer.from_pretrained(ckpt)
+    assert "{% generation %}" in trained.chat_template  # what trl leaves in a checkpoint
+    with pytest.raises(jinja2.TemplateSyntaxError, match="generation"):
+        _render_plain(trained.chat_template, CHAT)
+    out = tmp_path / "merged"
+    out.mkdir()
+    merge_lora(tiny_llama3_dir, ckpt, out)
+    assert not folder_has_markers(out)
+    plain = AutoTokenizer.from_pretrained(out)
+    want = trained.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert _render_plain(plain.chat_template, CHAT, trained.bos_token) == want  # same text, plain Jinja
+    # a model folder with markers that needs no merge is converted from a plain view (weights linked)
+    view = plain_view(ckpt, tmp_path)
+    assert view != ckpt and not folder_has_markers(view) and folder_has_markers(ckpt)
+    assert (view / "adapter_model.safetensors").resolve() == (ckpt / "adapter_model.safetensors").resolve()
+    assert plain_view(out, tmp_path / "unused") == out

@@ -127,3 +127,32 @@ def test_quantize_failure_removes_its_temporary(tmp_path):
     with pytest.raises(IrisError, match="could not quantize"):
         quantize(bogus, tmp_path / "out-q8_0.gguf", "q8_0", 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.gguf"]
+
+
+def test_final_adapter_and_checkpoint_ggufs_carry_the_plain_template(llama3_256):
+    """#27: the GGUF of checkpoint-N carried the training template ({% generation %}), which plain Jinja and
+    other runtimes reject. Both exports' templates now render in jinja2 and in llama-cpp-python's formatter,
+    to exactly the text the training template gives through transformers."""
+    import jinja2
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
+
+    from core.export.convert import gguf_metadata
+    from core.templates import folder_has_markers, has_markers
+
+    run = make_run(runs_dir(), "tp", str(llama3_256), llama3_256, checkpoints=(2,), final=True)
+    trained = AutoTokenizer.from_pretrained(run / "checkpoints" / "checkpoint-2")
+    assert "{% generation %}" in trained.chat_template
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]
+    want = trained.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    for checkpoint, name in ((None, "tp"), (2, "tp-ckpt2")):
+        folder = main(ExportConfig(source="tp", checkpoint=checkpoint, quants=["f16"], verify=False, keep_merged=True))
+        template = gguf_metadata(folder / f"{name}-f16.gguf")["tokenizer.chat_template"]
+        assert not has_markers(template), name
+        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        got = env.from_string(template).render(messages=chat, add_generation_prompt=True, bos_token=trained.bos_token)
+        assert got == want, name
+        formatted = Jinja2ChatFormatter(template, eos_token="<|eot_id|>", bos_token=trained.bos_token)(messages=chat)
+        assert formatted.prompt == want, name
+        assert not folder_has_markers(folder / "merged")

@@ -191,8 +191,10 @@ def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path
             begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
             f16 = converting.result()
     else:
+        from core.export.merge import plain_view
+
         begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
-        f16 = convert.convert_hf(model_dir, f16_path)
+        f16 = convert.convert_hf(plain_view(model_dir, work), f16_path)
     end()
     return model_dir, merge_info, f16
 
