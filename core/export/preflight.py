@@ -39,6 +39,7 @@ SECONDS_PER_B = {"merge": 10.0, "convert": 15.0, "verify_load": 12.0, "verify_gg
                  **{q.name: q.seconds_per_b for q in QUANT_TABLE.values()}}
 # fixed start-up seconds per step (imports; the converter loads the tokenizer: ~10 s for Llama-3's 128k vocab)
 FIXED_S = {"merge": 5.0, "convert": 15.0, "quantize": 0.5, "verify": 15.0}
+STUDY_FIXED_S = 4.0  # per GGUF: a fresh process imports llama_cpp and maps the file, twice (perplexity, speed)
 
 
 @dataclass
@@ -124,7 +125,8 @@ def adapter_bytes(adapter_dir: Path | None) -> int:
 
 
 def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify: bool, adapter: int = 0,
-             threads: int = 2, ram_available: int = 0, disk_available: int = 0, keep_merged: bool = False) -> Plan:
+             threads: int = 2, ram_available: int = 0, disk_available: int = 0, keep_merged: bool = False,
+             study: bool = False) -> Plan:
     """The steps of one export path with their peak RAM, disk and time.
 
     `merge`: a LoRA is merged into a 16-bit copy first (else the source folder is converted as is).
@@ -159,15 +161,31 @@ def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify:
     if mode == "lora":
         disk += 2 * adapter
         steps.append(Step("convert LoRA", PYTHON_TORCH + 3 * adapter, disk, FIXED_S["convert"]))
-    if "f16" not in quants:
+    checked = (["f16"] if study and "f16" not in quants else []) + quants  # a study measures f16 too
+    if "f16" not in checked:
         disk -= f16_file  # the intermediate f16 GGUF is deleted
     if verify:
-        biggest_gguf = max(int(size.params * BYTES_PER_PARAM[q]) for q in quants)
+        biggest_gguf = max(int(size.params * BYTES_PER_PARAM[q]) for q in checked)
         ram = PYTHON_TORCH + size.params * 4 + 2 * adapter + biggest_gguf + 200 * MB
         steps.append(Step("verify", ram, disk, FIXED_S["verify"] + SECONDS_PER_B["verify_load"] * b
-                          + SECONDS_PER_B["verify_gguf"] * b * len(quants) * speed))
+                          + SECONDS_PER_B["verify_gguf"] * b * len(checked) * speed))
+    if study:
+        steps.append(study_step(size, checked, disk))
     words = ("merge → " if merge else "") + "f16 GGUF → " + ", ".join(quants) + (" + LoRA GGUF" if mode == "lora" else "")
-    return Plan(words + (" → verify" if verify else ""), steps, ram_available, disk_available)
+    return Plan(words + (" → verify" if verify else "") + (" → study" if study else ""), steps, ram_available,
+                disk_available)
+
+
+def study_step(size: ModelSize, quants: list[str], disk: int) -> Step:
+    """Each GGUF: held-out perplexity (prompt reading, ~110 tok/s per billion parameters on 2 threads) and
+    speed (one process per GGUF; generation reads the whole file per token: ~23 GB/s effective here)."""
+    from core.export.study import GEN_TOKENS, PPL_MAX_TOKENS, PPL_ROWS
+
+    b = size.params / 1e9
+    per_quant = [STUDY_FIXED_S + PPL_ROWS * PPL_MAX_TOKENS * b / 110 + 9 * GEN_TOKENS * size.params
+                 * BYTES_PER_PARAM[q] / 23e9 for q in quants]
+    ram = PYTHON_LLAMA + max(int(size.params * BYTES_PER_PARAM[q]) for q in quants) + 300 * MB
+    return Step("study", ram, disk, sum(per_quant))
 
 
 def available(ram_budget_gb: float | None, disk_budget_gb: float | None, where: Path) -> tuple[int, int]:
@@ -182,9 +200,9 @@ def available(ram_budget_gb: float | None, disk_budget_gb: float | None, where: 
 
 
 def alternatives(size: ModelSize, quants: list[str], mode: str, merge: bool, verify: bool, adapter: int,
-                 threads: int, ram: int, disk: int, keep_merged: bool = False) -> list[Plan]:
+                 threads: int, ram: int, disk: int, keep_merged: bool = False, study: bool = False) -> list[Plan]:
     """The chosen path first, then cheaper ones in the order a user would give things up."""
-    plans = [estimate(size, quants, mode, merge, verify, adapter, threads, ram, disk, keep_merged)]
+    plans = [estimate(size, quants, mode, merge, verify, adapter, threads, ram, disk, keep_merged, study)]
     if verify:
         plans.append(estimate(size, quants, mode, merge, False, adapter, threads, ram, disk))
     smallest = min(quants, key=lambda q: BYTES_PER_PARAM[q])
