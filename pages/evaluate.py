@@ -137,3 +137,13 @@ with t_results:
                 st.info(str(err))
             st.download_button("Download answers + scores (CSV)", scoring.export_csv(folder),
                                file_name=f"{pick}-answers.csv", mime="text/csv")
+
+# Quant studies from the Export page (core.export.study): each quant's quality against speed on this machine.
+with t_results:
+    from core.export import study as quant_study
+
+    if studies := quant_study.list_studies():
+        with st.expander("Quant studies: quality vs generation speed per quant (from the Export page)"):
+            study_name = st.selectbox("Study", list(studies), key="quant_study")
+            st.plotly_chart(quant_study.figure(studies[study_name], study_name), key="quant_study_chart")
+            st.dataframe(quant_study.table(studies[study_name]), hide_index=True)

@@ -35,7 +35,7 @@ def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints
 
     from transformers import AutoTokenizer
 
-    from core.train.backends import set_training_template
+    from core.train.backends import inference_template, set_training_template
 
     run = Path(runs) / name
     run.mkdir(parents=True)
@@ -49,7 +49,10 @@ def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints
         (ckpt / "COMPLETE").write_text("")
     if final:
         save_adapter(base_dir, run / "adapter", seed=1)
-        AutoTokenizer.from_pretrained(base_dir).save_pretrained(run / "adapter")
+        tok = AutoTokenizer.from_pretrained(base_dir)  # as core.train.lora.save_adapter leaves it
+        set_training_template(tok, assistant_only_loss=True)
+        tok.chat_template = inference_template(tok.chat_template)
+        tok.save_pretrained(run / "adapter")
     if not checkpoints and not final:
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
     return run

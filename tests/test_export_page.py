@@ -1,6 +1,8 @@
 """The Export page, driven with AppTest: no runs, pre-flight of a run, launch, progress, report."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -51,7 +53,7 @@ def test_page_preflight_launch_progress_and_report(home_with_model, tmp_path):
     assert list(table["quant"]) == ["q8_0"] and table["top1_agreement"][0] >= 0.9
 
 
-def _finished_export(name: str, state: str = "completed", run: str = "good") -> "Path":
+def _finished_export(name: str, state: str = "completed", run: str = "good") -> Path:
     """An export folder as core.export leaves it when done: status, export.json, report.json with verdicts."""
     from core.export.verify import judged
     from core.paths import write_json

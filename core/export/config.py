@@ -41,9 +41,9 @@ class Quant:
 # GGUF (wrong tokenizer, lost adapter, transposed weights) falls far below: top-1 near chance, correlation
 # near 0. Random-weight test models have near-flat logits, so their 4-bit near-ties flip: warn/fail there is honest.
 QUANT_TABLE: dict[str, Quant] = {q.name: q for q in (
-    Quant("q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 0.62, 31.0, "smallest and fastest on CPU; a little drift",
+    Quant("q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 0.62, 22.0, "smallest and fastest on CPU; a little drift",
           0.85, 0.98, 0.70, 0.95),
-    Quant("q5_k_m", "LLAMA_FTYPE_MOSTLY_Q5_K_M", 0.72, 31.0, "a bit larger than q4_k_m, closer to f16",
+    Quant("q5_k_m", "LLAMA_FTYPE_MOSTLY_Q5_K_M", 0.72, 23.0, "a bit larger than q4_k_m, closer to f16",
           0.90, 0.99, 0.80, 0.97),
     Quant("q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0", 1.07, 7.5, "near-lossless, twice q4_k_m's size",
           0.95, 0.995, 0.90, 0.99),

@@ -265,5 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(_bench(Path(a.gguf), json.loads(Path(a.prompts).read_text()), a.threads)))
 
 
+def list_studies() -> dict[str, dict]:
+    """Every export that has a study.json, by export name (newest first): the Evaluate page adds their points."""
+    from core.paths import exports_dir, listed
+
+    return {f.name: found for f in listed(exports_dir()) if (found := load(f))}
+
+
 if __name__ == "__main__":
     main()
