@@ -7,7 +7,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
 def save_adapter(base_dir: Path, out: Path, r: int = 8, alpha: int = 16, seed: int = 1, rslora: bool = False,
-                 targets: list[str] | None = None) -> Path:
+                 targets: list[str] | None = None, b_std: float = 0.05) -> Path:
     """A LoRA on `base_dir` with random (non-zero) B weights, saved with peft's save_pretrained."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -20,13 +20,13 @@ def save_adapter(base_dir: Path, out: Path, r: int = 8, alpha: int = 16, seed: i
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.05)
+                p.normal_(0, b_std)
     peft.save_pretrained(out)
     return Path(out)
 
 
 def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints: tuple[int, ...] = (2,),
-             final: bool = True, dataset: str = "tiny-v1") -> Path:
+             final: bool = True, dataset: str = "tiny-v1", b_std: float = 0.05) -> Path:
     """runs/<name>/config.yaml + checkpoints/checkpoint-N/ (with COMPLETE) + adapter/ (with tokenizer).
 
     Each checkpoint also holds the tokenizer as trl's Trainer saves it: with Iris's *training* chat
@@ -48,7 +48,7 @@ def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints
         tok.save_pretrained(ckpt)
         (ckpt / "COMPLETE").write_text("")
     if final:
-        save_adapter(base_dir, run / "adapter", seed=1)
+        save_adapter(base_dir, run / "adapter", seed=1, b_std=b_std)
         tok = AutoTokenizer.from_pretrained(base_dir)  # as core.train.lora.save_adapter leaves it
         set_training_template(tok, assistant_only_loss=True)
         tok.chat_template = inference_template(tok.chat_template)

