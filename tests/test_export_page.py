@@ -110,7 +110,7 @@ def test_home_counts_only_finished_exports():
 
 
 @pytest.mark.slow
-def test_exports_list_follows_status_live_in_the_browser(tmp_path):
+def test_exports_list_follows_status_live_in_the_browser(home_with_model):
     """#18: the Exports list said 'queued — no GGUF yet' after the job had completed; it now redraws every 2 s."""
     import subprocess
     import sys
@@ -120,7 +120,7 @@ def test_exports_list_follows_status_live_in_the_browser(tmp_path):
     from core.paths import write_json
     from tests.e2e_harness import CHROMIUM, CHROMIUM_ARGS, running_app
 
-    home = exports_dir().parent
+    home = home_with_model  # the embedded model is linked in: `make app` has nothing to materialise
     job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # stands for the export's process
     folder = exports_dir() / "live"
     folder.mkdir(parents=True)
