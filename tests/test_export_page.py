@@ -47,8 +47,8 @@ def test_page_preflight_launch_progress_and_report(home_with_model, tmp_path):
     status = jobs.wait(folder, timeout_s=600)
     assert status["state"] == "completed", jobs.tail(folder / jobs.LOG)
     at.run()
-    assert any(s.value.startswith("Export pg-ckpt3: completed") for s in at.subheader)
-    expander = next(e for e in at.expander if e.label.startswith("pg-ckpt3"))
+    assert "Export pg-ckpt3" in [s.value for s in at.subheader]  # the live panel of the launched job
+    expander = next(e for e in at.expander if e.label.startswith("pg-ckpt3 — completed"))
     table = expander.dataframe[0].value
     assert list(table["quant"]) == ["q8_0"] and table["top1_agreement"][0] >= 0.9
 
