@@ -26,7 +26,8 @@ def list_exports() -> list[dict]:
                     "checkpoint": src.get("checkpoint"), "dataset": src.get("dataset"),
                     "base_model": src.get("base_model"),
                     "files": [Path(f).name for f in info.get("files", [])] or sorted(p.name for p in folder.glob("*.gguf")),
-                    "state": jobs.read_status(folder).get("state", info.get("state", "unknown"))})
+                    "state": jobs.read_status(folder).get("state", info.get("state", "unknown")),
+                    "complete": bool(info)})  # export.json is written last: only finished exports have one
     return out
 
 

@@ -7,6 +7,7 @@ from core.evaluate import questions, scoring
 from core.evaluate.job import launch as launch_plan
 from core.evaluate.judge import judge_candidates
 from core.evaluate.plan import EvalPlan, expand, list_plans, load_plan, plan_dir
+from core.export import study as quant_study
 from ui.evaluate import live, metric_notes, results_view, score_view
 from ui.progress import job_panel
 
@@ -94,3 +95,11 @@ with t_results:
     plans = list_plans()
     if plans:
         live(results_view, st.selectbox("Plan", plans, key="results_plan"))
+
+# Quant studies from the Export page (core.export.study): each quant's quality against speed on this machine.
+with t_results:
+    if studies := quant_study.list_studies():
+        with st.expander("Quant studies: quality vs generation speed per quant (from the Export page)"):
+            study_name = st.selectbox("Study", list(studies), key="quant_study")
+            st.plotly_chart(quant_study.figure(studies[study_name], study_name), key="quant_study_chart")
+            st.dataframe(quant_study.table(studies[study_name]), hide_index=True)

@@ -18,7 +18,8 @@ s = lineage.summary()
 cols = st.columns(4)
 cols[0].metric("Dataset versions", len(s["datasets"]))
 cols[1].metric("Training runs", len(s["runs"]))
-cols[2].metric("Exports", len(s["exports"]))
+finished = [e for e in s["exports"] if e["complete"]]  # what the lineage graph draws; died/running ones aside
+cols[2].metric("Exports", len(finished), help=f"{len(s['exports']) - len(finished)} more not finished (running, failed or died)")
 cols[3].metric("Local models", len(s["models"]))
 
 st.subheader("Lineage")

@@ -7,7 +7,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
 def save_adapter(base_dir: Path, out: Path, r: int = 8, alpha: int = 16, seed: int = 1, rslora: bool = False,
-                 targets: list[str] | None = None) -> Path:
+                 targets: list[str] | None = None, b_std: float = 0.05) -> Path:
     """A LoRA on `base_dir` with random (non-zero) B weights, saved with peft's save_pretrained."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -20,17 +20,22 @@ def save_adapter(base_dir: Path, out: Path, r: int = 8, alpha: int = 16, seed: i
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.05)
+                p.normal_(0, b_std)
     peft.save_pretrained(out)
     return Path(out)
 
 
 def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints: tuple[int, ...] = (2,),
-             final: bool = True, dataset: str = "tiny-v1") -> Path:
-    """runs/<name>/config.yaml + checkpoints/checkpoint-N/ (with COMPLETE) + adapter/ (with tokenizer)."""
+             final: bool = True, dataset: str = "tiny-v1", b_std: float = 0.05) -> Path:
+    """runs/<name>/config.yaml + checkpoints/checkpoint-N/ (with COMPLETE) + adapter/ (with tokenizer).
+
+    Each checkpoint also holds the tokenizer as trl's Trainer saves it: with Iris's *training* chat
+    template (`{% generation %}` markers), which the final adapter's plain template replaces."""
     import shutil
 
     from transformers import AutoTokenizer
+
+    from core.train.backends import inference_template, set_training_template
 
     run = Path(runs) / name
     run.mkdir(parents=True)
@@ -38,10 +43,16 @@ def make_run(runs: Path, name: str, base_model: str, base_dir: Path, checkpoints
     for i, step in enumerate(checkpoints):
         ckpt = save_adapter(base_dir, run / "checkpoints" / f"checkpoint-{step}", seed=10 + i)
         (ckpt / "trainer_state.json").write_text('{"global_step": %d}' % step)
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        set_training_template(tok, assistant_only_loss=True)
+        tok.save_pretrained(ckpt)
         (ckpt / "COMPLETE").write_text("")
     if final:
-        save_adapter(base_dir, run / "adapter", seed=1)
-        AutoTokenizer.from_pretrained(base_dir).save_pretrained(run / "adapter")
+        save_adapter(base_dir, run / "adapter", seed=1, b_std=b_std)
+        tok = AutoTokenizer.from_pretrained(base_dir)  # as core.train.lora.save_adapter leaves it
+        set_training_template(tok, assistant_only_loss=True)
+        tok.chat_template = inference_template(tok.chat_template)
+        tok.save_pretrained(run / "adapter")
     if not checkpoints and not final:
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
     return run

@@ -127,3 +127,89 @@ def test_quantize_failure_removes_its_temporary(tmp_path):
     with pytest.raises(IrisError, match="could not quantize"):
         quantize(bogus, tmp_path / "out-q8_0.gguf", "q8_0", 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.gguf"]
+
+
+def test_final_adapter_and_checkpoint_ggufs_carry_the_plain_template(llama3_256):
+    """#27: the GGUF of checkpoint-N carried the training template ({% generation %}), which plain Jinja and
+    other runtimes reject. Both exports' templates now render in jinja2 and in llama-cpp-python's formatter,
+    to exactly the text the training template gives through transformers."""
+    import jinja2
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
+
+    from core.export.convert import gguf_metadata
+    from core.templates import folder_has_markers, has_markers
+
+    run = make_run(runs_dir(), "tp", str(llama3_256), llama3_256, checkpoints=(2,), final=True)
+    trained = AutoTokenizer.from_pretrained(run / "checkpoints" / "checkpoint-2")
+    assert "{% generation %}" in trained.chat_template
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]
+    want = trained.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    for checkpoint, name in ((None, "tp"), (2, "tp-ckpt2")):
+        folder = main(ExportConfig(source="tp", checkpoint=checkpoint, quants=["f16"], verify=False, keep_merged=True))
+        template = gguf_metadata(folder / f"{name}-f16.gguf")["tokenizer.chat_template"]
+        assert not has_markers(template), name
+        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        got = env.from_string(template).render(messages=chat, add_generation_prompt=True, bos_token=trained.bos_token)
+        assert got == want, name
+        formatted = Jinja2ChatFormatter(template, eos_token="<|eot_id|>", bos_token=trained.bos_token)(messages=chat)
+        assert formatted.prompt == want, name
+        assert not folder_has_markers(folder / "merged")
+
+
+def _kill_during(folder: Path, needle: str, timeout_s: float = 600) -> None:
+    """SIGKILL the export's own process (kill -9, not its session) as soon as its status says `needle`."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = read_json(folder / "status.json", default={}) or {}
+        assert status.get("state") not in jobs.FINAL, f"ended before '{needle}': {status}"
+        if needle in (status.get("message") or ""):
+            os.kill(status["pid"], signal.SIGKILL)
+            for _ in range(100):
+                if not jobs.pid_alive(status["pid"]):
+                    return
+                time.sleep(0.1)
+        time.sleep(0.05)
+    raise TimeoutError(f"never saw '{needle}'")
+
+
+def _processes_in(folder: Path) -> list[str]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if str(folder) in cmd:
+            found.append(cmd)
+    return found
+
+
+def test_kill_9_during_conversion_and_quantization_then_rerun(llama3_256):
+    """#22: kill -9 mid-conversion and mid-quantization: no finished-looking GGUF, the job shows 'died', no
+    converter keeps running, and running the same export again cleans the died attempt's .work-* and finishes."""
+    import time
+
+    from core.export.gguf import leftovers
+
+    make_run(runs_dir(), "kd", str(llama3_256), llama3_256, checkpoints=(), final=True)
+    cfg = dict(source="kd", quants=["q4_k_m", "q5_k_m", "q8_0"], verify=False)
+    folder = exports_dir() / "kd"
+    for needle in ("converting to an f16 GGUF", "quantizing to"):
+        launch(ExportConfig(**cfg))
+        _kill_during(folder, needle)
+        assert jobs.read_status(folder)["state"] == "died"
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(".gguf")] and not (folder / "export.json").exists()
+        assert [p.name for p in leftovers(folder) if p.name.startswith(".work-")], "the kill left no work folder?"
+        time.sleep(1)
+        assert _processes_in(folder) == []  # the converter died with the export (PR_SET_PDEATHSIG)
+    launch(ExportConfig(**cfg))
+    status = jobs.wait(folder, timeout_s=900)
+    assert status["state"] == "completed", jobs.tail(folder / jobs.LOG)
+    assert leftovers(folder) == [] and not list(folder.glob(".*"))
+    assert sorted(p.name for p in folder.glob("*.gguf")) == ["kd-q4_k_m.gguf", "kd-q5_k_m.gguf", "kd-q8_0.gguf"]
+    assert "removed what a died earlier attempt left: .work-" in (folder / jobs.LOG).read_text()

@@ -4,6 +4,8 @@ Run as:
     python -m core.export RUN_DIR [--checkpoint N] --quant q4_k_m [q8_0 ...]
     python -m core.export path/to/hf_model_folder --quant q8_0 f16
     python -m core.export RUN_DIR --lora --quant q4_k_m          (base GGUF + LoRA GGUF)
+    python -m core.export RUN_DIR --quant f16 q8_0 q5_k_m q4_k_m --study [--study-threads 2]
+                                                                 (quant study: study.json + study.html/png)
     python -m core.export --config EXPORT.yaml                   (an ExportConfig; what the page launches)
 """
 from __future__ import annotations
@@ -33,6 +35,9 @@ def cli(args: list[str] | None = None) -> None:
     parser.add_argument("--ram-budget-gb", type=float, help="RAM the export may use (default: free RAM now)")
     parser.add_argument("--disk-budget-gb", type=float, help="disk the export may use (default: free disk now)")
     parser.add_argument("--push", default="", help="hub repo to upload to (token from HF_TOKEN)")
+    parser.add_argument("--study", action="store_true",
+                        help="measure each quant here (quality, tok/s, TTFT, RAM) into study.json + a chart")
+    parser.add_argument("--study-threads", type=int, default=2, help="threads for the study's speed measurement")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export of the same name")
     a = parser.parse_args(args)
     if not a.config and not a.source:
@@ -44,7 +49,8 @@ def cli(args: list[str] | None = None) -> None:
             cfg = ExportConfig(source=a.source, checkpoint=a.checkpoint, quants=a.quant or ["q4_k_m"], name=a.name,
                                mode="lora" if a.lora else a.mode, merge_dtype=a.merge_dtype, verify=not a.no_verify,
                                keep_merged=a.keep_merged, threads=a.threads, ram_budget_gb=a.ram_budget_gb,
-                               disk_budget_gb=a.disk_budget_gb, push_repo=a.push, overwrite=a.overwrite)
+                               disk_budget_gb=a.disk_budget_gb, push_repo=a.push, overwrite=a.overwrite,
+                               study=a.study, study_threads=a.study_threads)
         print(f"export ready: {main(cfg)}")
     except IrisError as err:
         cli_exit(err)

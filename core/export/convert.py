@@ -47,7 +47,8 @@ def _run_tool(argv: list[str], what: str) -> list[str]:
     path = [str(tools().gguf_py), str(REPO_ROOT), os.environ.get("PYTHONPATH")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
     env.pop("HF_TOKEN", None)  # the converter needs no token; keep it out of its environment and log
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=_die_with_parent)
     tail: list[str] = []
     for line in proc.stdout:
         sys.stdout.write(line)
@@ -65,6 +66,15 @@ def _run_tool(argv: list[str], what: str) -> list[str]:
             raise IrisError(f"{what}: llama.cpp cannot convert this architecture ({_last_error(tail)}).")
         raise IrisError(f"{what} failed ({_last_error(tail)}); the full output is in the job log.")
     return tail
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL me when the export process dies (Linux PR_SET_PDEATHSIG), so a
+    kill -9 of the export never leaves a converter writing into the work folder the next run deletes."""
+    try:
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+    except (OSError, AttributeError):
+        pass
 
 
 def _last_error(tail: list[str]) -> str:

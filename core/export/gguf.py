@@ -53,7 +53,8 @@ def plan(cfg: ExportConfig, src: Source | None = None) -> list[preflight.Plan]:
     ram, disk = preflight.available(cfg.ram_budget_gb, cfg.disk_budget_gb, exports_dir())
     merge = cfg.mode == "merged" and src.adapter_dir is not None
     return preflight.alternatives(size, cfg.quants, cfg.mode, merge, cfg.verify, preflight.adapter_bytes(src.adapter_dir),
-                                  cfg.threads or preflight.default_threads(), ram, disk, cfg.keep_merged and merge)
+                                  cfg.threads or preflight.default_threads(), ram, disk, cfg.keep_merged and merge,
+                                  cfg.study)
 
 
 def launch(cfg: ExportConfig) -> Path:
@@ -80,8 +81,11 @@ def main(cfg: ExportConfig) -> Path:
         raise IrisError(f"export {name} already exists: choose another name or pass --overwrite.")
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / CONFIG)
-    for old in ("export.json", "report.json"):
+    for old in ("export.json", "report.json", "study.json"):
         (out / old).unlink(missing_ok=True)
+    cleaned = clean_leftovers(out, own_job=True)  # a died earlier attempt's merged copy and partial files
+    if cleaned:
+        print(f"[export] removed what a died earlier attempt left: {', '.join(cleaned)}", flush=True)
     work = Path(tempfile.mkdtemp(dir=out, prefix=".work-"))
     started = time.time()
     jobs.update_status(out, state="running", pid=os.getpid(), step=0, total=len(chosen.steps), error=None,
@@ -135,7 +139,9 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
         begin(f"quantizing to {quant}")
         ggufs[quant] = convert.quantize(f16, work / f"{name}-{quant}.gguf", quant, threads)
         end()
-    if "f16" not in cfg.quants:
+    # a study measures f16 as its reference even when it is not kept
+    checked = {"f16": f16, **ggufs} if cfg.study else ggufs
+    if "f16" not in checked:
         f16.unlink()
     lora = None
     if cfg.mode == "lora":
@@ -146,9 +152,15 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
     report = None
     if cfg.verify:
         begin("verifying each GGUF against the source model")
-        report = verify.verify(model_dir, ggufs, src.adapter_dir if cfg.mode == "lora" else None, lora, threads)
+        report = verify.verify(model_dir, checked, src.adapter_dir if cfg.mode == "lora" else None, lora, threads)
         report.update(export=name, mode=cfg.mode, reference_dir=str(model_dir))
         write_json(out / "report.json", report)
+        end()
+    if cfg.study:
+        from core.export import study
+
+        begin(f"studying {', '.join(checked)}: perplexity, tok/s, TTFT, RAM ({cfg.study_threads} threads)")
+        study.save(study.run_study(checked, report, model_dir, src.dataset, cfg.study_threads), out, name)
         end()
     finals = [p for p in [*ggufs.values(), lora] if p is not None]
     for path in finals:  # complete and verified: only now do they appear under their real names
@@ -192,10 +204,30 @@ def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path
             begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
             f16 = converting.result()
     else:
+        from core.export.merge import plain_view
+
         begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
-        f16 = convert.convert_hf(model_dir, f16_path)
+        f16 = convert.convert_hf(plain_view(model_dir, work), f16_path)
     end()
     return model_dir, merge_info, f16
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Hidden work folders (`.work-*`: the merged model, the f16 GGUF) and partial `.tmp` files in an export."""
+    out = Path(out)
+    return sorted([*out.glob(".work-*"), *out.glob(".*.tmp")]) if out.is_dir() else []
+
+
+def clean_leftovers(out: Path, own_job: bool = False) -> list[str]:
+    """Delete what a died or killed export left behind; refuses while the export's job is running
+    (`own_job`: the caller is that job, starting again). Returns the names removed."""
+    if not own_job and jobs.read_status(out).get("state") in jobs.ACTIVE:
+        raise IrisError(f"export {Path(out).name} is still running: its work folder is in use.")
+    removed = []
+    for path in leftovers(out):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def _peak_rss() -> dict:

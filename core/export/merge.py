@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import IrisError
+from core.templates import folder_has_markers, plain_template_files
 
 # safetensors dtype names ↔ bytes per element
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -354,6 +355,26 @@ def _copy_side_files(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: st
     for name in TOKENIZER_FILES:
         if (tok_source / name).exists():
             shutil.copy2(tok_source / name, out_dir / name)
+    # a Trainer checkpoint's tokenizer keeps the training template ({% generation %} markers): plain Jinja,
+    # llama.cpp and every other runtime reject that tag, so the merged folder (and its GGUFs) get it plain
+    plain_template_files(out_dir)
+
+
+def plain_view(model_dir: Path, work: Path) -> Path:
+    """`model_dir` itself when its chat template is plain; else a folder in `work` whose weights are
+    links to `model_dir`'s and whose tokenizer files carry the plain template (nothing big is copied)."""
+    model_dir = Path(model_dir)
+    if not folder_has_markers(model_dir):
+        return model_dir
+    view = Path(work) / "plain-source"
+    view.mkdir()
+    for item in model_dir.iterdir():
+        if item.name in TOKENIZER_FILES or item.name in MODEL_FILES:
+            shutil.copy2(item, view / item.name)
+        else:
+            (view / item.name).symlink_to(item.resolve())
+    plain_template_files(view)
+    return view
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Before an export starts: how much RAM, disk and time will it need here, and does that fit?
 
 Sizes come from the safetensors headers (no weights read); the per-step memory and time models are
-calibrated on the Llama-3.2-1B config on a 2-core machine (see bench/export.py):
+calibrated on measured exports on a 2-core machine (see FIXED_S and bench/export.py):
 
   merge     one base tensor in fp32 + its LoRA delta, or a 64 MB slab of an untouched one
   convert   llama.cpp's converter: Python, torch and the tokenizer, then one tensor memory-mapped
@@ -34,11 +34,18 @@ CONVERTER = 530 * MB
 PYTHON_LLAMA = 80 * MB  # RSS of the quantizing process (ctypes llama.cpp, no torch needed)
 QUANT_BUF = 64 * MB  # max_buf_size handed to llama_model_quantize (rows kept in memory at once)
 BYTES_PER_PARAM = {q.name: q.bytes_per_param for q in QUANT_TABLE.values()}
-# seconds per billion parameters on 2 cores (bench/export.py); threads scale the quantizers
-SECONDS_PER_B = {"merge": 10.0, "convert": 15.0, "verify_load": 12.0, "verify_gguf": 8.0,
+# Time model: fixed start-up seconds per step + seconds per billion parameters on 2 cores; threads scale
+# the quantizers. Calibrated (2026-11-29) on two measured exports, which the old constants overestimated
+# (~46 s shown for a 12 s export): the Llama-3.2-1B config, q4_k_m, no verify, 45.8 s = merge + convert
+# 18.3 s (the converter imports torch/transformers while the merge runs, so its fixed cost mostly hides)
+# + quantize 27.5 s (bench/export.py); and the embedded SmolLM2-135M, q4_k_m + verify, 12 s (#18).
+# tests/test_export.py::test_time_estimate_matches_measured_exports pins both within ±40%.
+SECONDS_PER_B = {"merge": 5.0, "convert": 8.0, "verify_load": 12.0, "verify_gguf": 8.0,
                  **{q.name: q.seconds_per_b for q in QUANT_TABLE.values()}}
-# fixed start-up seconds per step (imports; the converter loads the tokenizer: ~10 s for Llama-3's 128k vocab)
-FIXED_S = {"merge": 5.0, "convert": 15.0, "quantize": 0.5, "verify": 15.0}
+# fixed seconds per step: a Python start (merge); the converter's imports + tokenizer when it cannot start
+# during a merge (convert_alone) and what is left of them when it can (convert); the verifier's imports
+FIXED_S = {"merge": 1.5, "convert": 2.0, "convert_alone": 12.0, "quantize": 0.5, "verify": 3.0}
+STUDY_FIXED_S = 4.0  # per GGUF: a fresh process imports llama_cpp and maps the file, twice (perplexity, speed)
 
 
 @dataclass
@@ -124,7 +131,8 @@ def adapter_bytes(adapter_dir: Path | None) -> int:
 
 
 def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify: bool, adapter: int = 0,
-             threads: int = 2, ram_available: int = 0, disk_available: int = 0, keep_merged: bool = False) -> Plan:
+             threads: int = 2, ram_available: int = 0, disk_available: int = 0, keep_merged: bool = False,
+             study: bool = False) -> Plan:
     """The steps of one export path with their peak RAM, disk and time.
 
     `merge`: a LoRA is merged into a 16-bit copy first (else the source folder is converted as is).
@@ -147,7 +155,7 @@ def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify:
     extra = 0 if (merge or size.src_dtype == "F16") else size.largest * (4 if size.src_dtype == "BF16" else 2)
     disk += f16_file
     steps.append(Step("convert", max(CONVERTER_VOCAB, CONVERTER + size.largest * src_bytes + extra), disk,
-                      FIXED_S["convert"] + SECONDS_PER_B["convert"] * b))
+                      FIXED_S["convert" if merge else "convert_alone"] + SECONDS_PER_B["convert"] * b))
     if merge and not verify and not keep_merged:
         disk -= size.params * 2  # the merged copy is deleted once converted (verification would need it)
     for q in quants:
@@ -158,16 +166,32 @@ def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify:
                           FIXED_S["quantize"] + SECONDS_PER_B[q] * b * speed))
     if mode == "lora":
         disk += 2 * adapter
-        steps.append(Step("convert LoRA", PYTHON_TORCH + 3 * adapter, disk, FIXED_S["convert"]))
-    if "f16" not in quants:
+        steps.append(Step("convert LoRA", PYTHON_TORCH + 3 * adapter, disk, FIXED_S["convert_alone"]))
+    checked = (["f16"] if study and "f16" not in quants else []) + quants  # a study measures f16 too
+    if "f16" not in checked:
         disk -= f16_file  # the intermediate f16 GGUF is deleted
     if verify:
-        biggest_gguf = max(int(size.params * BYTES_PER_PARAM[q]) for q in quants)
+        biggest_gguf = max(int(size.params * BYTES_PER_PARAM[q]) for q in checked)
         ram = PYTHON_TORCH + size.params * 4 + 2 * adapter + biggest_gguf + 200 * MB
         steps.append(Step("verify", ram, disk, FIXED_S["verify"] + SECONDS_PER_B["verify_load"] * b
-                          + SECONDS_PER_B["verify_gguf"] * b * len(quants) * speed))
+                          + SECONDS_PER_B["verify_gguf"] * b * len(checked) * speed))
+    if study:
+        steps.append(study_step(size, checked, disk))
     words = ("merge → " if merge else "") + "f16 GGUF → " + ", ".join(quants) + (" + LoRA GGUF" if mode == "lora" else "")
-    return Plan(words + (" → verify" if verify else ""), steps, ram_available, disk_available)
+    return Plan(words + (" → verify" if verify else "") + (" → study" if study else ""), steps, ram_available,
+                disk_available)
+
+
+def study_step(size: ModelSize, quants: list[str], disk: int) -> Step:
+    """Each GGUF: held-out perplexity (prompt reading, ~110 tok/s per billion parameters on 2 threads) and
+    speed (one process per GGUF; generation reads the whole file per token: ~23 GB/s effective here)."""
+    from core.export.study import GEN_TOKENS, PPL_MAX_TOKENS, PPL_ROWS
+
+    b = size.params / 1e9
+    per_quant = [STUDY_FIXED_S + PPL_ROWS * PPL_MAX_TOKENS * b / 110 + 9 * GEN_TOKENS * size.params
+                 * BYTES_PER_PARAM[q] / 23e9 for q in quants]
+    ram = PYTHON_LLAMA + max(int(size.params * BYTES_PER_PARAM[q]) for q in quants) + 300 * MB
+    return Step("study", ram, disk, sum(per_quant))
 
 
 def available(ram_budget_gb: float | None, disk_budget_gb: float | None, where: Path) -> tuple[int, int]:
@@ -182,9 +206,9 @@ def available(ram_budget_gb: float | None, disk_budget_gb: float | None, where: 
 
 
 def alternatives(size: ModelSize, quants: list[str], mode: str, merge: bool, verify: bool, adapter: int,
-                 threads: int, ram: int, disk: int, keep_merged: bool = False) -> list[Plan]:
+                 threads: int, ram: int, disk: int, keep_merged: bool = False, study: bool = False) -> list[Plan]:
     """The chosen path first, then cheaper ones in the order a user would give things up."""
-    plans = [estimate(size, quants, mode, merge, verify, adapter, threads, ram, disk, keep_merged)]
+    plans = [estimate(size, quants, mode, merge, verify, adapter, threads, ram, disk, keep_merged, study)]
     if verify:
         plans.append(estimate(size, quants, mode, merge, False, adapter, threads, ram, disk))
     smallest = min(quants, key=lambda q: BYTES_PER_PARAM[q])

@@ -65,3 +65,9 @@ def resolve_source(source: str, checkpoint: int | None = None) -> Source:
         raise IrisError(f"{source} is neither a run under {runs_dir()} nor a model folder.")
     base = models.resolve(str(path))
     return Source(base.resolve(), None, None, None, None, str(path))
+
+
+def exportable(run_dir: Path) -> bool:
+    """Does the run have something to export yet (a final adapter or a complete checkpoint)?"""
+    run_dir = Path(run_dir)
+    return (run_dir / runs.ADAPTER / "adapter_config.json").exists() or bool(runs.list_checkpoints(run_dir))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.export.config import QUANT_TABLE, VERIFY_MEANING
+
 # Short, varied, fixed: chat, reasoning, code, a list, non-English. Changing them changes every report.
 PROMPTS = [
     "What is the capital of France?",
@@ -104,5 +106,15 @@ def verify(reference_dir: Path, ggufs: dict[str, Path], adapter_dir: Path | None
     prompts = prompt_ids(reference_dir if adapter_dir is None or not (adapter_dir / "tokenizer_config.json").exists()
                          else adapter_dir)
     reference = reference_logits(reference_dir, prompts, adapter_dir)
-    results = {quant: compare(reference, gguf_logits(path, prompts, lora, threads)) for quant, path in ggufs.items()}
-    return {"prompts": len(prompts), "reference": "transformers fp32", "quants": results}
+    results = {quant: judged(quant, compare(reference, gguf_logits(path, prompts, lora, threads)))
+               for quant, path in ggufs.items()}
+    return {"prompts": len(prompts), "reference": "transformers fp32", "quants": results, "meaning": VERIFY_MEANING}
+
+
+def judged(quant: str, numbers: dict) -> dict:
+    """`numbers` + verdict (pass / warn / fail) + why, against the quant table's thresholds."""
+    q = QUANT_TABLE[quant]
+    verdict, why = q.verdict(numbers["top1_agreement"], numbers["logit_correlation"])
+    return {**numbers, "verdict": verdict, "why": why,
+            "thresholds": {"pass_top1": q.pass_top1, "pass_corr": q.pass_corr, "warn_top1": q.warn_top1,
+                           "warn_corr": q.warn_corr}}

@@ -46,7 +46,9 @@ CHATML_TRAIN_TEMPLATE = (
 
 def inference_template(template: str) -> str:
     """The training template without `{% generation %}` markers (plain Jinja, for llama.cpp and others)."""
-    return template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    from core.templates import plain_template
+
+    return plain_template(template)
 
 
 def set_training_template(tokenizer, assistant_only_loss: bool) -> str:
