@@ -34,7 +34,7 @@ setup: $(VENV)/.stamp-app-$(REQ_HASH)
 setup-dev: $(VENV)/.stamp-dev-$(REQ_HASH)
 
 app: setup
-	$(VENV)/bin/streamlit run streamlit_app.py --server.headless true --server.port $(PORT) \
+	$(PY) -m ui.serve --server.headless true --server.port $(PORT) \
 		--browser.gatherUsageStats false
 
 test: setup-dev

@@ -60,11 +60,15 @@ with st.expander("Load a dataset", expanded=st.session_state.source is None):
             except IrisError as err:
                 st.error(str(err))
     else:
-        chosen = st.text_input("Hub dataset id", "mlabonne/FineTome-100k")
+        chosen = st.text_input("Hub dataset id", "mlabonne/FineTome-100k", key="hub_id")
         split, revision = st.text_input("Split", "train"), st.text_input("Revision (optional)", "")
         keep_broken = st.checkbox("Keep rows with broken role order")
     if st.button("Load", type="primary", disabled=not chosen):
-        st.session_state.source = (chosen, split, revision, keep_broken)
+        try:  # a source that fails leaves the loaded dataset and the recipe edits as they were
+            load_rows(chosen, split, revision, keep_broken)
+            st.session_state.source = (chosen, split, revision, keep_broken)
+        except IrisError as err:
+            st.error(str(err))
 
 if st.session_state.source is None:
     st.info("Load the bundled sample, a saved version, a file or a hub dataset to begin.")
@@ -122,21 +126,26 @@ with recipe_tab:
         st.error(str(err))
         st.stop()
     st.plotly_chart(data_view.funnel_figure(result.funnel, len(df)), use_container_width=True)
-    st.dataframe(result.funnel, hide_index=True)
+    st.dataframe(data_view.funnel_table(result.funnel), hide_index=True)
     counts = result.reason_counts()
     if counts:
-        reason = st.selectbox("Dropped rows by step", list(counts), format_func=lambda s: f"{s} ({counts[s]:,})")
+        reason = st.selectbox("Dropped rows by step", list(counts),
+                              format_func=lambda s: f"{data_view.step_label(s)} ({counts[s]:,})")
         gone = np.flatnonzero(~result.kept & np.char.startswith(result.reasons.astype(str), reason + ":"))
-        st.dataframe(data_view.page_table(df, gone[:500], result.reasons), hide_index=True, use_container_width=True)
-    with st.form("save"):
-        name = st.text_input("New version name", f"{parent.get('version', 'dataset')}-filtered", key="save_name")
-        fraction = st.number_input("Eval split fraction", 0.0, 0.5, 0.0, 0.01, key="save_fraction")
-        if st.form_submit_button(f"Save {int(result.kept.sum()):,} rows as a version", type="primary"):
-            try:
-                path = store.save_filtered(result, recipe, name, parent, eval_fraction=fraction)
-                st.success(f"Saved version {name} → {path}")
-            except IrisError as err:
-                st.error(str(err))
+        st.dataframe(data_view.page_table(df, gone[:500], result.reasons), hide_index=True, use_container_width=True,
+                     column_config={"reason": st.column_config.TextColumn(width="large")})
+    # No form: Enter in a field only applies it; the Save button alone saves, and a taken name is refused first.
+    name = st.text_input("New version name", f"{parent.get('version', 'dataset')}-filtered", key="save_name")
+    fraction = st.number_input("Eval split fraction", 0.0, 0.5, 0.0, 0.01, key="save_fraction")
+    taken = store.name_problem(name)
+    if taken:
+        st.error(taken)
+    if st.button(f"Save {int(result.kept.sum()):,} rows as a version", type="primary", disabled=bool(taken)):
+        try:
+            path = store.save_filtered(result, recipe, name, parent, eval_fraction=fraction)
+            st.success(f"Saved version {name} → {path}")
+        except IrisError as err:
+            st.error(str(err))
     st.download_button("Download recipe YAML", recipe.to_yaml(), "recipe.yaml")
 
 with saved:
