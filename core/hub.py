@@ -1,7 +1,7 @@
 """Is the Hugging Face hub reachable? One quick answer before any hub call, so offline costs ≤ 2 s.
 
     hub.reachable() -> bool          a TCP connect to the hub's host:443, cached for 30 s
-    hub.unreachable_sentence(what)   the one sentence every page and CLI shows when it is not
+    hub.why_unreachable()            the clause every page and CLI puts in its one sentence when it is not
 
 Without this check, `datasets.load_dataset` and `snapshot_download` retry for ~25 s offline before
 they fail. HF_HUB_OFFLINE=1 answers False at once; HF_ENDPOINT moves the host checked.
@@ -38,7 +38,7 @@ def reachable() -> bool:
     return ok
 
 
-def unreachable_sentence(what: str) -> str:
-    """'<what> needs the Hugging Face hub, which is not reachable from this machine (...)', one sentence."""
-    why = "HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else f"no connection to {host()}"
-    return f"{what} needs the Hugging Face hub, which is not reachable from this machine ({why})"
+def why_unreachable() -> str:
+    """'the Hugging Face hub is not reachable from this machine (...)': callers add what and what to do."""
+    why = "HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else f"no connection to {host()}:443"
+    return f"the Hugging Face hub is not reachable from this machine ({why})"

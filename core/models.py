@@ -133,7 +133,7 @@ def is_local(model_id: str) -> bool:
 
 def offline_sentence(model_id: str) -> str:
     """Why a hub model cannot be used now: the Train estimate and the run's start say the same."""
-    return (f"{hub.unreachable_sentence(model_id)}: use the embedded {EMBEDDED_ID}, "
+    return (f"{model_id} is not available offline: {hub.why_unreachable()}; use the embedded {EMBEDDED_ID}, "
             f"or copy the model folder into {models_dir()}.")
 
 

@@ -70,8 +70,8 @@ def load_hub(repo_id: str, split: str = "train", revision: str | None = None):
     from core import hub
 
     if not hub.reachable():  # ≤ 2 s, instead of `datasets` retrying for ~25 s
-        raise IrisError(f"{hub.unreachable_sentence(repr(repo_id))}: load a local file, a saved version or the "
-                        "bundled sample.")
+        raise IrisError(f"could not load {repo_id!r} (split {split!r}) from the Hugging Face hub: "
+                        f"{hub.why_unreachable()}. Load a local file, a saved version or the bundled sample.")
     try:
         import datasets
 
