@@ -38,8 +38,8 @@ def filtered(_df, key: str, recipe_yaml: str, _m):
 
 
 st.title("Data")
-if "source" not in st.session_state:
-    st.session_state.source = None
+if "source" not in st.session_state:  # /data?version=NAME (Home's links) opens that version
+    st.session_state.source = store.source_from_link(st.query_params.get("version"))
 
 with st.expander("Load a dataset", expanded=st.session_state.source is None):
     kind = st.radio("Source", ["Bundled sample", "Saved version", "Upload a file", "Hub dataset"], horizontal=True)
@@ -54,11 +54,10 @@ with st.expander("Load a dataset", expanded=st.session_state.source is None):
     elif kind == "Upload a file":
         upload = st.file_uploader("ShareGPT / Alpaca / messages file", type=["parquet", "jsonl", "json", "csv"])
         keep_broken = st.checkbox("Keep rows with broken role order (the role_order step drops them)")
-        if upload is not None:
-            try:
-                chosen = str(data_view.save_upload(upload.name, upload.getvalue()))
-            except IrisError as err:
-                st.error(str(err))
+        try:
+            chosen = str(data_view.save_upload(upload.name, upload.getvalue())) if upload is not None else None
+        except IrisError as err:
+            st.error(str(err))
     else:
         chosen = st.text_input("Hub dataset id", "mlabonne/FineTome-100k", key="hub_id")
         split, revision = st.text_input("Split", "train"), st.text_input("Revision (optional)", "")
@@ -75,12 +74,9 @@ if st.session_state.source is None:
     st.stop()
 try:
     df, key, texts, parent = load_rows(*st.session_state.source)
-except IrisError as err:
-    st.error(str(err))
-    st.stop()
-st.caption(f"{len(df):,} rows from {parent.get('version') or parent.get('source')} · columns: {', '.join(df.columns)}")
-tokenizer = st.selectbox("Tokenizer (lengths include its chat template)", TOKENIZERS)
-try:
+    st.caption(f"{len(df):,} rows from {parent.get('version') or parent.get('source')} · "
+               f"columns: {', '.join(df.columns)}")
+    tokenizer = st.selectbox("Tokenizer (lengths include its chat template)", TOKENIZERS)
     m = measured(df, key, tokenizer)
 except IrisError as err:
     st.error(str(err))
@@ -150,8 +146,5 @@ with recipe_tab:
 
 with saved:
     listing = versions.table_rows()
-    if listing:
-        st.dataframe(listing, hide_index=True)
-        st.caption("Reload one with Load a dataset → Saved version.")
-    else:
-        st.info("No saved versions yet.")
+    st.dataframe(listing, hide_index=True) if listing else st.info("No saved versions yet.")
+    st.caption("Reload one with Load a dataset → Saved version.")

@@ -72,3 +72,17 @@ def test_cpu_quick_preset_on_the_bundled_sample_completes(home_with_model):
     assert (runs.adapter_dir(run_dir) / "adapter_model.safetensors").exists()
     at.run()
     assert progress_text(at).startswith("completed")
+
+
+def test_lab2_preset_offline_is_refused_at_the_estimate():
+    from core import hub, models
+
+    if hub.reachable():
+        pytest.skip("the hub is reachable here: the Lab 2 model could be fetched")
+    toy_version("finetome-sample")
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.selectbox[0].set_value("Lab 2: Llama-3.2-1B on FineTome").run()
+    assert not at.exception
+    said = [e.value for e in at.error]
+    assert models.offline_sentence("unsloth/Llama-3.2-1B-Instruct") in said  # the sentence the run's start gives
+    assert button(at, "Launch").disabled

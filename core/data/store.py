@@ -35,6 +35,12 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def source_from_link(version: str | None) -> tuple | None:
+    """The Data page's source for a `?version=NAME` link (None when there is no such version)."""
+    known = version in {v["name"] for v in versions.list_versions()}
+    return (f"version:{version}", "train", "", False) if known else None
+
+
 def parent_of(source: str, split: str = "train", revision: str | None = None) -> dict:
     """The lineage parent a version records for a loaded source (the page and the CLI write the same)."""
     from core.data.formats import SAMPLE_PATH
