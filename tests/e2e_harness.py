@@ -27,12 +27,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(home: Path, timeout_s: float = 900):
-    """`make app PORT=<free>` in its own process session; yields the base URL; kills the session after."""
+def running_app(home: Path, timeout_s: float = 900, set_up: bool = True):
+    """`make app PORT=<free>` in its own process session; yields the base URL; kills the session after.
+    `set_up=False` starts the server alone (`python -m ui.serve`, what `make app` runs after set-up)."""
     port = free_port()
     env = {**os.environ, "IRIS_HOME": str(home), "PORT": str(port)}
+    home.mkdir(parents=True, exist_ok=True)
     log = open(home.parent / "app.log", "wb")
-    proc = subprocess.Popen(["make", "app", f"PORT={port}"], cwd=REPO_ROOT, env=env, stdout=log,
+    argv = ["make", "app", f"PORT={port}"] if set_up else \
+        [str(REPO_ROOT / ".venv/bin/python"), "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port)]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -73,6 +73,9 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     save.wait_for(timeout=600_000)
     page.get_by_label("New version name").fill("sample-filtered")
     page.get_by_label("Eval split fraction").fill("0.05")
+    page.get_by_label("Eval split fraction").press("Enter")  # applies the value; only the button saves
+    page.wait_for_timeout(3000)
+    assert page.get_by_text(re.compile("Saved version sample-filtered")).count() == 0
     save.click()
     page.get_by_text(re.compile("Saved version sample-filtered")).wait_for(timeout=300_000)
     shot(page, "2-data-filtered")
