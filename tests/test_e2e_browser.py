@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.docs_shots import doc_shot, evaluate_and_shoot
 from tests.e2e_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -49,6 +50,7 @@ def test_clone_filter_train_export_chat(tmp_path):
         page.set_default_timeout(300_000)
         try:
             _walk(page, url, t_start, timings)
+            evaluate_and_shoot(page, home, goto)  # IRIS_SCREENSHOTS=docs only: README screenshots
         except Exception:
             shot(page, "failure")
             raise
@@ -79,6 +81,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     save.click()
     page.get_by_text(re.compile("Saved version sample-filtered")).wait_for(timeout=300_000)
     shot(page, "2-data-filtered")
+    doc_shot(page, "data-filter")
 
     # Train: the CPU-quick preset, a few steps.
     goto(page, "Train")
@@ -92,6 +95,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_text(re.compile(r"completed: step 4/4")).wait_for(timeout=900_000)
     timings["trained"] = time.time() - t_start
     shot(page, "3-train-completed")
+    doc_shot(page, "train-curves", page.locator(".stPlotlyChart").first)
 
     # Export: the run's final adapter at the page's default quant (q4_k_m), verified against the merged model.
     goto(page, "Export")
@@ -99,6 +103,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_text(re.compile(r"Export .+: completed")).first.wait_for(timeout=900_000)
     timings["exported"] = time.time() - t_start
     shot(page, "4-export-completed")
+    doc_shot(page, "export-report")
 
     # Chat: the export and the base, side by side.
     goto(page, "Chat")
@@ -108,5 +113,6 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_text("Saved comparison").wait_for(timeout=600_000)
     timings["first_answer"] = time.time() - t_start
     shot(page, "5-chat-compare")
+    doc_shot(page, "chat-compare")
     answers = page.get_by_text(re.compile(r"tok/s"))
     expect(answers.first).to_be_visible()
