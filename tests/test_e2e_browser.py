@@ -69,7 +69,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     # Data: the bundled sample, the default recipe, a saved version.
     goto(page, "Data")
     page.get_by_role("button", name="Load").click()
-    page.get_by_text(re.compile(r"rows from sample")).wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"rows from bundled:finetome_sample")).wait_for(timeout=600_000)
     page.get_by_role("tab", name="Filter").click()
     save = page.get_by_role("button", name=re.compile(r"Save [\d,]+ rows as a version"))
     save.wait_for(timeout=600_000)
