@@ -86,3 +86,18 @@ def test_lab2_preset_offline_is_refused_at_the_estimate():
     said = [e.value for e in at.error]
     assert models.offline_sentence("unsloth/Llama-3.2-1B-Instruct") in said  # the sentence the run's start gives
     assert button(at, "Launch").disabled
+
+
+def test_learning_rate_axis_keeps_room_for_its_labels():
+    import json
+
+    from core.train.curves import curves_figure
+
+    run = runs.run_path("lr-demo")
+    run.mkdir(parents=True)
+    rows = [{"step": s, "loss": 2.5 - 0.05 * s, "lr": 2e-4 * (1 - s / 40)} for s in range(1, 11)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = curves_figure(["lr-demo"], "lr-demo")
+    assert [t.name for t in fig.data] == ["loss", "learning rate"]
+    assert fig.layout.yaxis2.automargin and fig.layout.yaxis2.side == "right"  # labels push the plot, not clip
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # the legend sits under the plot
