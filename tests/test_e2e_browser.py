@@ -23,7 +23,7 @@ def shot(page, name: str) -> None:
 
 def choose(page, label: str, option: str) -> None:
     """Pick `option` in the Streamlit selectbox labelled `label`."""
-    page.get_by_label(label).first.click()
+    page.get_by_role("combobox", name=label).first.click()  # the box itself, not its help icon
     page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
 
 
