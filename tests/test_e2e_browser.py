@@ -28,7 +28,7 @@ def choose(page, label: str, option: str) -> None:
 
 
 def set_number(page, label: str, value) -> None:
-    box = page.get_by_label(label).first
+    box = page.get_by_label(label, exact=True).first  # not its help icon ("Help for <label>")
     box.fill(str(value))
     box.press("Enter")
 
