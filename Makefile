@@ -55,7 +55,7 @@ setup-dev: $(VENV)/.stamp-dev-$(REQ_HASH)
 app: $(VENV)/.stamp-app-$(REQ_HASH)
 	@$(PY) -m core.access check-host "$(HOST)"
 	$(PY) -m core.models materialise
-	$(VENV)/bin/streamlit run streamlit_app.py --server.headless true --server.address "$(HOST)" \
+	$(PY) -m ui.serve --server.headless true --server.address "$(HOST)" \
 		--server.port $(PORT) --browser.gatherUsageStats false
 
 test: setup-dev

@@ -1,6 +1,6 @@
 """Iris — from an instruction dataset to a fine-tuned chat model you can talk to on a CPU.
 
-Run as: make app   (or: .venv/bin/streamlit run streamlit_app.py)
+Run as: make app   (or: .venv/bin/python -m ui.serve, which makes every page URL a working deep link)
 This file only routes; every page lives in pages/ and every piece of logic in core/.
 """
 import streamlit as st

@@ -40,6 +40,17 @@ def summary() -> dict:
             "models": list_local_models()}
 
 
+def parents(manifest: dict) -> list[tuple[str, str]]:
+    """(kind, name) of what a dataset version was made from: ("dataset", v), ("source", label), ("hub", id),
+    ("file", path) or ("generated", name), in the order the manifest lists them."""
+    parent = manifest.get("parent") or {}
+    out = [("dataset", parent["version"])] if parent.get("version") else []
+    out += [("dataset", v) for v in parent.get("versions") or []]
+    out += [("source", parent["source"])] if parent.get("source") else []
+    out += [("hub", h) for h in parent.get("hub") or []] + [("file", f) for f in parent.get("files") or []]
+    return out + [("generated", g.get("source", "generated")) for g in parent.get("generated") or []]
+
+
 def graph_edges(s: dict | None = None) -> list[tuple[str, str]]:
     """(from, to) edges with typed node names: 'source:x' → 'dataset:v' → 'run:r' → 'export:e'."""
     s = s or summary()

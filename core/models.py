@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import hub
 from core.errors import IrisError
 from core.paths import atomic_dir, models_dir
 
@@ -116,6 +116,27 @@ def resolve(model_id: str) -> Path:
     return _download(model_id)
 
 
+def is_local(model_id: str) -> bool:
+    """True when `model_id` resolves without the hub (embedded, a folder, a copy in models/, the HF cache)."""
+    from huggingface_hub import snapshot_download
+
+    path = Path(model_id).expanduser()
+    if is_embedded(model_id) or (path / "config.json").exists() or \
+            (models_dir() / model_id.replace("/", "--") / "config.json").exists():
+        return True
+    try:
+        snapshot_download(model_id, allow_patterns=["config.json"], local_files_only=True)
+        return True
+    except Exception:
+        return False
+
+
+def offline_sentence(model_id: str) -> str:
+    """Why a hub model cannot be used now: the Train estimate and the run's start say the same."""
+    return (f"{model_id} is not available offline: {hub.why_unreachable()}; use the embedded {EMBEDDED_ID}, "
+            f"or copy the model folder into {models_dir()}.")
+
+
 def _download(model_id: str) -> Path:
     """Fetch from the hub (users with internet); offline, say so in one sentence."""
     from huggingface_hub import snapshot_download
@@ -125,9 +146,8 @@ def _download(model_id: str) -> Path:
         return Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
     except Exception:
         pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise IrisError(f"{model_id} is not available offline (HF_HUB_OFFLINE=1): use the embedded "
-                        f"{EMBEDDED_ID}, or copy the model folder into {models_dir()}.")
+    if not hub.reachable():  # answer in ≤ 2 s, with the sentence the Train estimate shows too
+        raise IrisError(offline_sentence(model_id))
     try:
         return Path(snapshot_download(model_id, allow_patterns=patterns, etag_timeout=10))
     except Exception as err:

@@ -66,14 +66,18 @@ total = c1.number_input("Total rows (0 = largest without repeats)", 0, 10_000_00
 upsample = c2.checkbox("Allow up-sampling (repeat rows)", key="upsample")
 seed = c3.number_input("Sampling seed", 0, 2**31 - 1, 0, key="seed")
 eval_fraction = c4.number_input("Eval split (by origin)", 0.0, 0.5, 0.0, 0.01, key="eval_fraction")
-c1, c2 = st.columns(2)
+c1, c2, c3 = st.columns(3)
 near = c1.checkbox("Near-duplicate dedup across sources", value=True, key="near")
 threshold = c2.slider("Near-duplicate threshold (word 5-gram Jaccard)", 0.5, 1.0, 0.6, 0.05, key="threshold")
+keep_eval = c3.checkbox("Keep the versions' eval splits held out", value=True, key="keep_eval",
+                        help="Their eval rows join the new eval split; "
+                        "rows of other sources that duplicate them are dropped, so none reaches the train split.")
 
 try:
     recipe = augment.AugmentRecipe(
         sources=[augment.SourceSpec(**s) for s in sources], total_rows=(int(total) or None) if by_share else None,
-        upsample=upsample, seed=int(seed), dedup_near=near, near_threshold=threshold, eval_fraction=eval_fraction)
+        upsample=upsample, seed=int(seed), dedup_near=near, near_threshold=threshold, eval_fraction=eval_fraction,
+        keep_eval_splits=keep_eval)
 except IrisError as err:
     st.error(str(err))
     st.stop()
@@ -104,6 +108,7 @@ st.markdown(f"**Collisions:** {int((col['kind'] == 'exact').sum())} exact, {int(
             f"({int(col['across'].sum())} across sources); the row of the source listed first is kept.")
 if len(col):
     st.dataframe(col, hide_index=True, key="collisions")
+st.info(f"**Rows per source:** {augment.resolution(mix)}")
 st.caption(f"{len(mix.train)} train rows" + (f" + {len(mix.eval)} eval rows" if mix.eval is not None else ""))
 
 name = st.text_input("New version name", key="name", placeholder="finetome-plus-math")

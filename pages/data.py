@@ -12,8 +12,6 @@ from core.errors import IrisError
 from ui import big_version
 from ui.forms import field_input
 
-TOKENIZERS = ["llama-3", "smollm2-135m-instruct"]
-
 
 @st.cache_resource(max_entries=3, show_spinner="Loading and normalising…")
 def load_rows(source: str, split: str, revision: str, keep_broken: bool):
@@ -39,8 +37,8 @@ def filtered(_df, key: str, recipe_yaml: str, _m):
 
 
 st.title("Data")
-if "source" not in st.session_state:
-    st.session_state.source = None
+if "source" not in st.session_state:  # /data?version=NAME (Home's links) opens that version
+    st.session_state.source = store.source_from_link(st.query_params.get("version"))
 
 with st.expander("Load a dataset", expanded=st.session_state.source is None):
     kind = st.radio("Source", ["Bundled sample", "Saved version", "Upload a file", "Hub dataset"], horizontal=True)
@@ -55,17 +53,20 @@ with st.expander("Load a dataset", expanded=st.session_state.source is None):
     elif kind == "Upload a file":
         upload = st.file_uploader("ShareGPT / Alpaca / messages file", type=["parquet", "jsonl", "json", "csv"])
         keep_broken = st.checkbox("Keep rows with broken role order (the role_order step drops them)")
-        if upload is not None:
-            try:
-                chosen = str(data_view.save_upload(upload.name, upload.getvalue()))
-            except IrisError as err:
-                st.error(str(err))
+        try:
+            chosen = str(data_view.save_upload(upload.name, upload.getvalue())) if upload is not None else None
+        except IrisError as err:
+            st.error(str(err))
     else:
-        chosen = st.text_input("Hub dataset id", "mlabonne/FineTome-100k")
+        chosen = st.text_input("Hub dataset id", "mlabonne/FineTome-100k", key="hub_id")
         split, revision = st.text_input("Split", "train"), st.text_input("Revision (optional)", "")
         keep_broken = st.checkbox("Keep rows with broken role order")
     if st.button("Load", type="primary", disabled=not chosen):
-        st.session_state.source = (chosen, split, revision, keep_broken)
+        try:  # a source that fails leaves the loaded dataset and the recipe edits as they were
+            load_rows(chosen, split, revision, keep_broken)
+            st.session_state.source = (chosen, split, revision, keep_broken)
+        except IrisError as err:
+            st.error(str(err))
 
 if st.session_state.source is None:
     st.info("Load the bundled sample, a saved version, a file or a hub dataset to begin.")
@@ -73,12 +74,9 @@ if st.session_state.source is None:
 big_version.show_if_big(st.session_state.source[0])  # over IRIS_INMEMORY_ROWS rows: queried on disk, then stops
 try:
     df, key, texts, parent = load_rows(*st.session_state.source)
-except IrisError as err:
-    st.error(str(err))
-    st.stop()
-st.caption(f"{len(df):,} rows from {parent.get('version') or parent.get('source')} · columns: {', '.join(df.columns)}")
-tokenizer = st.selectbox("Tokenizer (lengths include its chat template)", TOKENIZERS)
-try:
+    st.caption(f"{len(df):,} rows from {parent.get('version') or parent.get('source')} · "
+               f"columns: {', '.join(df.columns)}")
+    tokenizer = st.selectbox("Tokenizer (lengths include its chat template)", data_view.TOKENIZERS)
     m = measured(df, key, tokenizer)
 except IrisError as err:
     st.error(str(err))
@@ -124,27 +122,29 @@ with recipe_tab:
         st.error(str(err))
         st.stop()
     st.plotly_chart(data_view.funnel_figure(result.funnel, len(df)), use_container_width=True)
-    st.dataframe(result.funnel, hide_index=True)
+    st.dataframe(data_view.funnel_table(result.funnel), hide_index=True)
     counts = result.reason_counts()
     if counts:
-        reason = st.selectbox("Dropped rows by step", list(counts), format_func=lambda s: f"{s} ({counts[s]:,})")
+        reason = st.selectbox("Dropped rows by step", list(counts),
+                              format_func=lambda s: f"{data_view.step_label(s)} ({counts[s]:,})")
         gone = np.flatnonzero(~result.kept & np.char.startswith(result.reasons.astype(str), reason + ":"))
-        st.dataframe(data_view.page_table(df, gone[:500], result.reasons), hide_index=True, use_container_width=True)
-    with st.form("save"):
-        name = st.text_input("New version name", f"{parent.get('version', 'dataset')}-filtered", key="save_name")
-        fraction = st.number_input("Eval split fraction", 0.0, 0.5, 0.0, 0.01, key="save_fraction")
-        if st.form_submit_button(f"Save {int(result.kept.sum()):,} rows as a version", type="primary"):
-            try:
-                path = store.save_filtered(result, recipe, name, parent, eval_fraction=fraction)
-                st.success(f"Saved version {name} → {path}")
-            except IrisError as err:
-                st.error(str(err))
+        st.dataframe(data_view.page_table(df, gone[:500], result.reasons), hide_index=True, use_container_width=True,
+                     column_config={"reason": st.column_config.TextColumn(width="large")})
+    # No form: Enter in a field only applies it; the Save button alone saves, and a taken name is refused first.
+    name = st.text_input("New version name", f"{parent.get('version', 'dataset')}-filtered", key="save_name")
+    fraction = st.number_input("Eval split fraction", 0.0, 0.5, 0.0, 0.01, key="save_fraction")
+    taken = store.name_problem(name)
+    if taken:
+        st.error(taken)
+    if st.button(f"Save {int(result.kept.sum()):,} rows as a version", type="primary", disabled=bool(taken)):
+        try:
+            path = store.save_filtered(result, recipe, name, parent, eval_fraction=fraction)
+            st.success(f"Saved version {name} → {path}")
+        except IrisError as err:
+            st.error(str(err))
     st.download_button("Download recipe YAML", recipe.to_yaml(), "recipe.yaml")
 
 with saved:
     listing = versions.table_rows()
-    if listing:
-        st.dataframe(listing, hide_index=True)
-        st.caption("Reload one with Load a dataset → Saved version.")
-    else:
-        st.info("No saved versions yet.")
+    st.dataframe(listing, hide_index=True) if listing else st.info("No saved versions yet.")
+    st.caption("Reload one with Load a dataset → Saved version.")

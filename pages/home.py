@@ -1,4 +1,6 @@
 """Home: what is in the workspace, as a trail from data to answer."""
+from urllib.parse import quote
+
 import pandas as pd
 import streamlit as st
 
@@ -32,18 +34,30 @@ if edges:
 else:
     st.info("Nothing yet: start on the **Data** page by loading the bundled sample or a hub dataset.")
 
+def linked(kind: str, name: str) -> str:
+    """A version or run name as a link to the page that opens it; other origins as plain names."""
+    page = {"dataset": "data?version=", "run": "train?run="}.get(kind)
+    return f"[{name}](/{page}{quote(name)})" if page else f"{name} ({kind})"
+
+
+LINKS = {"dataset": st.column_config.LinkColumn(display_text=r"version=(.*)$"),
+         "run": st.column_config.LinkColumn(display_text=r"run=(.*)$")}
 if s["datasets"]:
     st.subheader("Dataset versions")
-    st.dataframe(pd.DataFrame([{"version": m["name"], "kind": m.get("kind"), "from": m.get("parent"),
-                                "train rows": m["rows"]["train"], "eval rows": m["rows"]["eval"],
-                                "created": m.get("created")} for m in s["datasets"]]),
-                 hide_index=True, width="stretch")
+    st.markdown("| version | kind | from | train rows | eval rows | created |\n|---|---|---|---:|---:|---|\n" + "\n".join(
+        f"| {linked('dataset', m['name'])} | {m.get('kind') or ''} | "
+        f"{', '.join(linked(k, n) for k, n in lineage.parents(m)) or '—'} | {m['rows']['train']:,} | "
+        f"{m['rows']['eval']:,} | {m.get('created') or ''} |" for m in s["datasets"]))
 if s["runs"]:
     st.subheader("Training runs")
-    st.dataframe(pd.DataFrame(s["runs"]).drop(columns=["path"]), hide_index=True, width="stretch")
+    table = pd.DataFrame(s["runs"]).drop(columns=["path"])
+    table["run"], table["dataset"] = "/train?run=" + table["run"], "/data?version=" + table["dataset"].fillna("")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=LINKS)
 if s["exports"]:
     st.subheader("Exports")
-    st.dataframe(pd.DataFrame(s["exports"]).drop(columns=["path"]), hide_index=True, width="stretch")
+    table = pd.DataFrame(s["exports"]).drop(columns=["path"])
+    table["run"] = ["/train?run=" + r if r else None for r in table["run"]]
+    st.dataframe(table, hide_index=True, width="stretch", column_config=LINKS)
 servers = serve.list_servers()
 if servers:
     st.subheader("API servers")

@@ -99,6 +99,7 @@ with watch:
         st.info("No runs yet.")
     else:
         run_names = [r["run"] for r in all_runs]
+        st.session_state.setdefault("run", st.query_params.get("run"))  # /train?run=NAME: Home's links
         chosen = st.selectbox("Run", run_names, index=run_names.index(st.session_state["run"])
                               if st.session_state.get("run") in run_names else 0)
 
@@ -118,9 +119,11 @@ with watch:
                     except IrisError as err:
                         st.error(str(err))
             c.caption(f"checkpoints: {', '.join(map(str, steps)) or 'none yet'}")
+            # inside the panel's fragment: the table rereads every run's status.json as the progress bar does
+            st.dataframe([{k: v for k, v in r.items() if k != "path"} for r in runs.list_runs()], hide_index=True,
+                         key="runs-table")
 
         job_panel(run_dir, unit="steps", log_name=runs.LOG, stop_label="Stop (save a checkpoint)", extra=run_controls)
-        st.dataframe([{k: v for k, v in r.items() if k != "path"} for r in all_runs], hide_index=True)
         overlay = st.multiselect("Compare runs (loss curves overlaid)", run_names)
         if overlay:
             st.plotly_chart(curves_figure(overlay, "comparison"), key="overlay")

@@ -27,14 +27,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(home: Path, timeout_s: float = 900, host: str | None = None, env: dict | None = None):
+def running_app(home: Path, timeout_s: float = 900, host: str | None = None, env: dict | None = None,
+                set_up: bool = True):
     """`make app PORT=<free> [HOST=host]` in its own process session (extra `env` set for it); yields the base
-    URL; kills the session after."""
+    URL; kills the session after. `set_up=False` starts the server alone (`python -m ui.serve`, what `make app`
+    runs after set-up)."""
     port = free_port()
     env = {**os.environ, "IRIS_HOME": str(home), "PORT": str(port), **(env or {})}
+    home.mkdir(parents=True, exist_ok=True)
     log = open(home.parent / "app.log", "wb")
-    proc = subprocess.Popen(["make", "app", f"PORT={port}", *([f"HOST={host}"] if host else [])], cwd=REPO_ROOT,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    argv = ["make", "app", f"PORT={port}", *([f"HOST={host}"] if host else [])] if set_up else \
+        [str(REPO_ROOT / ".venv/bin/python"), "-m", "ui.serve", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", host or "127.0.0.1"]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout_s

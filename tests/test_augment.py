@@ -210,3 +210,20 @@ def test_example_recipe_sample_plus_500_math_rows_saves_a_trainable_version():
     assert counts["math-logic"] == manifest["steps"][-2]["per_origin"]["math-logic"] >= 490  # a few may collide
     assert set(rows["origin"]) == {"finetome-sample", "math-logic"}
     assert Path(folder / "recipe.yaml").exists() and augment.load_recipe_file(folder / "recipe.yaml") == recipe
+
+
+def test_source_versions_eval_splits_stay_held_out_and_never_reach_train():
+    rng = random.Random(7)
+    a_train, a_eval, b_texts = [_text(rng) for _ in range(20)], [_text(rng) for _ in range(5)], [_text(rng) for _ in range(9)]
+    versions.save("a", _rows(a_train), eval_df=_rows(a_eval))
+    versions.save("b", _rows(b_texts + a_eval[:2]))  # b carries two of a's held-out rows
+    mix = augment.build(_recipe(_version("a", share=0.5), _version("b", share=0.5), eval_fraction=0.0))
+    firsts = lambda df: {m[0]["content"] for m in df["messages"]}  # noqa: E731
+    assert firsts(mix.eval) == set(a_eval) and set(mix.eval["origin"]) == {"a"}  # held out by default
+    assert not firsts(mix.train) & set(a_eval)  # neither a's own eval rows nor b's copies of them are trained on
+    assert sorted(mix.train["origin"].value_counts().tolist()) == [9, 9]  # b has 9 left after dedup
+    line = augment.resolution(mix)
+    assert "a: 9 of 20 rows (share 0.5)" in line and "b: 9 of 9 rows (share 0.5)" in line
+    assert "b's 9 rows at share 0.5 limit it" in line and "5 eval rows of the source versions stay held out" in line
+    off = augment.build(_recipe(_version("a"), _version("b"), keep_eval_splits=False))
+    assert off.eval is None  # the old behaviour, now only when asked for

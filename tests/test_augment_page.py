@@ -72,3 +72,16 @@ def test_augmented_version_can_be_picked_on_the_train_page():
     assert "base-plus-math" in picker.options
     picker.set_value("base-plus-math").run()
     assert not at.exception and not at.error
+
+
+def test_share_mode_with_total_zero_says_what_the_shares_resolve_to():
+    _base_version()
+    at = _pick(AppTest.from_file(PAGE, default_timeout=180).run())
+    at.radio(key="mode").set_value("share of the mixture").run()
+    at.number_input(key="share_base").set_value(0.5)
+    at.number_input(key="share_generated").set_value(0.5)
+    at.button(key="preview").click().run()  # Total rows stays 0: the largest mixture without repeats
+    assert not at.exception and not at.error
+    said = " ".join(i.value for i in at.info)
+    assert "base: 8 of 12 rows (share 0.5)" in said and "generated: 8 of 8 rows (share 0.5)" in said
+    assert "generated's 8 rows at share 0.5 limit it" in said

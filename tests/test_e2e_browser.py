@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.docs_shots import doc_shot, evaluate_and_shoot
 from tests.e2e_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, model_shown, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -22,12 +23,12 @@ def shot(page, name: str) -> None:
 
 def choose(page, label: str, option: str) -> None:
     """Pick `option` in the Streamlit selectbox labelled `label`."""
-    page.get_by_label(label).first.click()
+    page.get_by_role("combobox", name=label).first.click()  # the box itself, not its help icon
     page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
 
 
 def set_number(page, label: str, value) -> None:
-    box = page.get_by_label(label).first
+    box = page.get_by_label(label, exact=True).first  # not its help icon ("Help for <label>")
     box.fill(str(value))
     box.press("Enter")
 
@@ -49,6 +50,7 @@ def test_clone_filter_train_export_chat(tmp_path):
         page.set_default_timeout(300_000)
         try:
             _walk(page, url, t_start, timings)
+            evaluate_and_shoot(page, home, goto)  # IRIS_SCREENSHOTS=docs only: README screenshots
         except Exception:
             shot(page, "failure")
             raise
@@ -67,15 +69,19 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     # Data: the bundled sample, the default recipe, a saved version.
     goto(page, "Data")
     page.get_by_role("button", name="Load").click()
-    page.get_by_text(re.compile(r"rows from bundled:finetome_sample")).wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"rows from bundled:finetome_sample")).wait_for(timeout=600_000)
     page.get_by_role("tab", name="Filter").click()
     save = page.get_by_role("button", name=re.compile(r"Save [\d,]+ rows as a version"))
     save.wait_for(timeout=600_000)
     page.get_by_label("New version name").fill("sample-filtered")
     page.get_by_label("Eval split fraction").fill("0.05")
+    page.get_by_label("Eval split fraction").press("Enter")  # applies the value; only the button saves
+    page.wait_for_timeout(3000)
+    assert page.get_by_text(re.compile("Saved version sample-filtered")).count() == 0
     save.click()
     page.get_by_text(re.compile("Saved version sample-filtered")).wait_for(timeout=300_000)
     shot(page, "2-data-filtered")
+    doc_shot(page, "data-filter")
 
     # Train: the CPU-quick preset, a few steps.
     goto(page, "Train")
@@ -89,6 +95,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_text(re.compile(r"completed: 4/4 steps")).wait_for(timeout=900_000)
     timings["trained"] = time.time() - t_start
     shot(page, "3-train-completed")
+    doc_shot(page, "train-curves", page.locator(".stPlotlyChart").first)
 
     # Export: the run's final adapter at the page's default quant (q4_k_m), verified against the merged model.
     goto(page, "Export")
@@ -96,6 +103,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_text(re.compile(r"completed: \d+/\d+ steps")).first.wait_for(timeout=900_000)
     timings["exported"] = time.time() - t_start
     shot(page, "4-export-completed")
+    doc_shot(page, "export-report")
 
     # Chat: the export and the base, side by side.
     goto(page, "Chat")
@@ -105,6 +113,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_text("Saved comparison").wait_for(timeout=600_000)
     timings["first_answer"] = time.time() - t_start
     shot(page, "5-chat-compare")
+    doc_shot(page, "chat-compare")
     answers = page.get_by_text(re.compile(r"tok/s"))
     expect(answers.first).to_be_visible()
 

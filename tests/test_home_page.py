@@ -19,4 +19,32 @@ def test_home_shows_dataset_lineage():
     at = AppTest.from_file("../streamlit_app.py", default_timeout=60).run()
     assert not at.exception
     assert [m.value for m in at.metric][0] == "1"
-    assert "v1" in at.dataframe[0].value["version"].tolist()
+    assert any("[v1](/data?version=v1)" in m.value for m in at.markdown)
+
+
+def test_lineage_from_column_names_and_links_the_parents():
+    import pandas as pd
+
+    rows = pd.DataFrame({"messages": [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]})
+    versions.save("v1", rows, parent={"source": "bundled:finetome_sample.jsonl"})
+    versions.save("v2", rows, parent={"version": "v1", "content_hash": "abc"})
+    versions.save("mix", rows, parent={"versions": ["v1", "v2"], "files": [], "hub": [],
+                                       "generated": [{"source": "generated", "seed": 0, "generators": []}]})
+    at = AppTest.from_file("../streamlit_app.py", default_timeout=60).run()
+    assert not at.exception
+    table = next(m.value for m in at.markdown if "| version | kind | from |" in m.value)
+    assert "{" not in table  # no raw JSON
+    assert "| [v2](/data?version=v2) | " in table and "| [v1](/data?version=v1) |" in table
+    assert "[v1](/data?version=v1), [v2](/data?version=v2), generated (generated)" in table
+    assert "bundled:finetome_sample.jsonl (source)" in table
+
+
+def test_a_version_link_opens_it_on_the_data_page():
+    import pandas as pd
+
+    rows = pd.DataFrame({"messages": [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]})
+    versions.save("v1", rows, parent={"source": "x"})
+    at = AppTest.from_file("../pages/data.py", default_timeout=120)
+    at.query_params["version"] = "v1"
+    at.run()
+    assert not at.exception and any(c.value.startswith("1 rows from v1") for c in at.caption)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_preflight_refuses_what_cannot_work(tiny_llama3_dir, monkeypatch):
     with pytest.raises(IrisError, match="beyond"):  # the tiny model has 2048 positions
         lora.preflight(tiny_cfg(tiny_llama3_dir, max_seq_length=4096))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(IrisError, match="not available offline"):
+    with pytest.raises(IrisError, match="not available offline: the Hugging Face hub is not reachable"):
         lora.preflight(tiny_cfg(tiny_llama3_dir, base_model="nobody/no-such-model-xyz"))
     monkeypatch.setattr(lora, "free_disk_bytes", lambda path: 1000)
     with pytest.raises(IrisError, match="free"):
@@ -180,3 +181,67 @@ def test_resume_from_a_mirror_on_a_fresh_workspace(tiny_llama3_dir, tmp_path):
     lora.resume_run(mirror / "mirrored", checkpoint=1)
     assert jobs.read_status(run_dir)["state"] == "completed" and runs.list_checkpoints(run_dir) == [1, 2]
     assert [m["step"] for m in runs.read_metrics(run_dir) if "loss" in m] == [1, 2]
+
+
+def test_estimate_counts_eval_passes(tiny_llama3_dir):
+    from core.train.estimate import estimate
+
+    toy_version(rows=24, eval_rows=200)
+    with_eval = estimate(tiny_cfg(tiny_llama3_dir, max_steps=30, eval_steps=10))
+    without = estimate(tiny_cfg(tiny_llama3_dir, max_steps=30, eval_steps=0))
+    assert with_eval.eval_passes == 3 and without.eval_passes == 0
+    assert with_eval.seconds == pytest.approx(without.seconds + with_eval.eval_seconds) and with_eval.eval_seconds > 0
+    assert "3 eval passes" in with_eval.summary()
+
+
+def _callback(run_dir: Path, **args):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from core.train.callbacks import IrisCallback
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    jobs.update_status(run_dir, state="running", pid=os.getpid())  # this process plays the job
+    targs = TrainingArguments(output_dir=str(run_dir / "checkpoints"), report_to=[], **args)
+    return IrisCallback(run_dir, TrainConfig(base_model="m", dataset="d")), targs, TrainerState(), TrainerControl()
+
+
+def test_eval_pass_shows_progress_and_a_stop_during_it_saves_right_after(tmp_path):
+    cb, args, state, control = _callback(tmp_path / "run", eval_strategy="steps", eval_steps=2)
+    batches = [0, 1, 2]  # the eval dataloader: only its length is read
+    state.global_step, state.max_steps = 2, 6
+    cb.on_train_begin(args, state, control)
+    cb.on_prediction_step(args, state, control, eval_dataloader=batches)
+    cb.on_prediction_step(args, state, control, eval_dataloader=batches)
+    assert jobs.read_status(cb.run_dir)["message"] == "evaluating (2/3 batches)"
+    jobs.request_stop(cb.run_dir)
+    cb.on_prediction_step(args, state, control, eval_dataloader=batches)
+    status = jobs.read_status(cb.run_dir)
+    assert status["state"] == "stopping" and "finishing this eval pass first (3/3 batches)" in status["message"]
+    control = cb.on_evaluate(args, state, control)
+    assert control.should_save and control.should_training_stop  # saved after the pass, not a step later
+    assert len(cb.eval_seconds) == 1
+
+
+def test_eta_includes_the_eval_passes_still_to_come(tmp_path):
+    cb, args, state, control = _callback(tmp_path / "run", eval_strategy="steps", eval_steps=2)
+    state.max_steps = 6
+    cb.on_train_begin(args, state, control)
+    cb.t0 -= 40.0  # 40 s since the start, of which one 30-s eval pass: 10 s for 2 training steps
+    cb.eval_seconds = [30.0]
+    state.global_step = 2
+    cb.on_step_end(args, state, control)
+    # 4 steps left at 5 s + the passes at steps 4 and 6 at 30 s
+    assert jobs.read_status(cb.run_dir)["eta_s"] == pytest.approx(20 + 60, abs=1)
+
+
+def test_resuming_removes_checkpoints_past_the_resume_point(tmp_path):
+    from core.train.callbacks import COMPLETE
+
+    cb, args, state, control = _callback(tmp_path / "run")
+    for step in (5, 10, 11):
+        ckpt = cb.run_dir / "checkpoints" / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / COMPLETE).write_text("{}")
+    state.global_step = 10  # the Trainer has loaded checkpoint-10's state
+    cb.on_train_begin(args, state, control)
+    assert runs.list_checkpoints(cb.run_dir) == [5, 10]

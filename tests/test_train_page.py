@@ -72,3 +72,32 @@ def test_cpu_quick_preset_on_the_bundled_sample_completes(home_with_model):
     assert (runs.adapter_dir(run_dir) / "adapter_model.safetensors").exists()
     at.run()
     assert progress_text(at).startswith("completed")
+
+
+def test_lab2_preset_offline_is_refused_at_the_estimate():
+    from core import hub, models
+
+    if hub.reachable():
+        pytest.skip("the hub is reachable here: the Lab 2 model could be fetched")
+    toy_version("finetome-sample")
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.selectbox[0].set_value("Lab 2: Llama-3.2-1B on FineTome").run()
+    assert not at.exception
+    said = [e.value for e in at.error]
+    assert models.offline_sentence("unsloth/Llama-3.2-1B-Instruct") in said  # the sentence the run's start gives
+    assert button(at, "Launch").disabled
+
+
+def test_learning_rate_axis_keeps_room_for_its_labels():
+    import json
+
+    from core.train.curves import curves_figure
+
+    run = runs.run_path("lr-demo")
+    run.mkdir(parents=True)
+    rows = [{"step": s, "loss": 2.5 - 0.05 * s, "lr": 2e-4 * (1 - s / 40)} for s in range(1, 11)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = curves_figure(["lr-demo"], "lr-demo")
+    assert [t.name for t in fig.data] == ["loss", "learning rate"]
+    assert fig.layout.yaxis2.automargin and fig.layout.yaxis2.side == "right"  # labels push the plot, not clip
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # the legend sits under the plot

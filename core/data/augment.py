@@ -100,6 +100,9 @@ class AugmentRecipe:
     """As the Data studio's near_dedup: a copy with 5% of its words changed scores ~0.63."""
     eval_fraction: float = 0.0
     """Held-out share of the mixture, stratified by origin; 0 = no eval split."""
+    keep_eval_splits: bool = True
+    """Source versions' eval rows stay held out: they join the mixture's eval split (not sampled), and
+    rows of other sources that duplicate them are dropped, so they never reach the new train split."""
     tokenizer: str = "llama-3"
     """Tokenizer that counts the mixture's tokens (a model id, a folder or "llama-3")."""
 
@@ -279,9 +282,13 @@ def build(recipe: AugmentRecipe) -> Mixture:
     frames = [load_source(s) for s in recipe.sources]
     steps = [{"step": "load", "origin": s.name, "rows": len(f) + f.attrs["broken_roles"],
               "dropped_broken_roles": f.attrs["broken_roles"]} for s, f in zip(recipe.sources, frames)]
-    pool = _concat(frames)
+    held = held_out_rows(recipe)  # first in the pool: on a collision the held-out row wins, the other goes
+    pool = _concat(([held] if len(held) else []) + frames)
     pool["_tokens"] = token_counts(pool, recipe.tokenizer)  # once per pooled row, carried through sampling
+    pool["_held"] = np.arange(len(pool)) < len(held)
     kept, collisions = dedup(pool, recipe.dedup_exact, recipe.dedup_near, recipe.near_threshold)
+    held, kept = kept[kept["_held"]].drop(columns=["_held", "_tokens"]), kept[~kept["_held"]].drop(columns="_held")
+    pool = pool[~pool["_held"]]
     steps.append({"step": "dedup", "rows_in": len(pool), "rows_out": len(kept),
                   "exact": int((collisions["kind"] == "exact").sum()), "near": int((collisions["kind"] == "near").sum())})
     available = {s.name: int((kept["origin"] == s.name).sum()) for s in recipe.sources}
@@ -300,7 +307,42 @@ def build(recipe: AugmentRecipe) -> Mixture:
     if recipe.eval_fraction:
         train, eval_df = versions.split(train, recipe.eval_fraction, seed=recipe.seed, stratify="origin")
         steps.append({"step": "split", "train": len(train), "eval": len(eval_df), "stratify": "origin"})
+    if len(held):
+        eval_df = pd.concat([held] + ([eval_df] if eval_df is not None else []), ignore_index=True)
+        steps.append({"step": "held_out", "eval": len(held), "per_origin": held["origin"].value_counts().to_dict()})
     return Mixture(train, eval_df, stats, collisions, steps, recipe)
+
+
+def held_out_rows(recipe: AugmentRecipe) -> "pandas.DataFrame":  # noqa: F821
+    """The eval splits of the recipe's version sources (with their origins), when they stay held out."""
+    import pandas as pd
+
+    from core import versions
+
+    frames = []
+    for s in recipe.sources:
+        if recipe.keep_eval_splits and s.kind == "version" and s.split == "train" and \
+                versions.load_manifest(s.version).get("rows", {}).get("eval"):
+            frames.append(load_source(dataclasses.replace(s, split="eval")))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def resolution(mixture: Mixture) -> str:
+    """What the shares or caps resolved to, in rows, before anything is saved (one line per source)."""
+    sample = next(s for s in mixture.steps if s["step"] == "sample")
+    want, have, recipe = sample["per_origin"], sample["available"], mixture.recipe
+    parts = [f"{s.name}: {want[s.name]:,} of {have[s.name]:,} rows"
+             + (f" (share {s.share:g})" if s.share is not None else "")
+             + (" — up-sampled" if want[s.name] > have[s.name] else "") for s in recipe.sources]
+    line = "; ".join(parts) + f" → {sum(want.values()):,} rows"
+    if recipe.by_share and recipe.total_rows is None:
+        limit = min(recipe.sources, key=lambda s: have[s.name] / s.share)
+        line += (f" (Total rows 0: the largest mixture without repeats; {limit.name}'s {have[limit.name]:,} rows "
+                 f"at share {limit.share:g} limit it — set Total rows and allow up-sampling for more)")
+    held = next((s for s in mixture.steps if s["step"] == "held_out"), None)
+    if held:
+        line += f". {held['eval']:,} eval rows of the source versions stay held out (eval split only)"
+    return line + "."
 
 
 def _concat(frames):

@@ -24,6 +24,23 @@ def _save(name: str, df, *, eval_fraction: float, seed: int, recipe, kind: str, 
     return versions.version_dir(name)
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a new version (taken, or not a valid name), or None: pages check before Save."""
+    try:
+        versions.version_dir(name)
+    except IrisError as err:
+        return str(err)
+    if versions.exists(name):
+        return f"dataset version {name!r} already exists (versions are immutable): choose another name."
+    return None
+
+
+def source_from_link(version: str | None) -> tuple | None:
+    """The Data page's source for a `?version=NAME` link (None when there is no such version)."""
+    known = version in {v["name"] for v in versions.list_versions()}
+    return (f"version:{version}", "train", "", False) if known else None
+
+
 def parent_of(source: str, split: str = "train", revision: str | None = None) -> dict:
     """The lineage parent a version records for a loaded source (the page and the CLI write the same)."""
     from core.data.formats import SAMPLE_PATH

@@ -28,19 +28,28 @@ class IrisCallback(TrainerCallback):
         self.main = int(os.environ.get("RANK", "0")) == 0
         self.t0 = self.step0 = None
         self.last_tokens, self.last_time = 0, None
+        self.eval_t0, self.eval_seconds = None, []  # wall seconds of each finished eval pass
 
     # -- progress ------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         self.t0, self.step0 = time.time(), state.global_step
         self.last_tokens, self.last_time = state.num_input_tokens_seen or 0, time.time()
         if self.main:
+            if state.global_step:  # resumed: checkpoints past this step belong to the abandoned line
+                drop_checkpoints_after(self.run_dir, state.global_step)
             jobs.update_status(self.run_dir, state="running", step=state.global_step, total=state.max_steps,
                                eta_s=None, message="training")
 
     def on_step_end(self, args, state, control, **kwargs):
         done = state.global_step - self.step0
-        elapsed = time.time() - self.t0
-        eta = elapsed / done * (state.max_steps - state.global_step) if done else None
+        train_s = time.time() - self.t0 - sum(self.eval_seconds)
+        eta = None
+        if done:  # training steps to go, plus the eval passes still to come at their measured length
+            left = state.max_steps - state.global_step
+            evals = (state.max_steps // args.eval_steps - state.global_step // args.eval_steps
+                     if args.eval_strategy != "no" and args.eval_steps else 0)
+            per_eval = sum(self.eval_seconds) / len(self.eval_seconds) if self.eval_seconds else 0.0
+            eta = train_s / done * left + evals * per_eval
         if self.main:
             jobs.update_status(self.run_dir, step=state.global_step, total=state.max_steps, eta_s=eta,
                                state="stopping" if self.stop_seen else "running")
@@ -50,6 +59,31 @@ class IrisCallback(TrainerCallback):
             self.stop_seen = True
             control.should_save = True  # the Trainer saves this step's checkpoint, then leaves the loop
             control.should_training_stop = True
+        return control
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """One eval batch done: the page shows "evaluating (n/m)", and a Stop says what it waits for."""
+        if self.eval_t0 is None:
+            self.eval_t0, self.eval_batch = time.time(), 0
+        self.eval_batch += 1
+        if not self.main:
+            return
+        total = len(eval_dataloader) if eval_dataloader is not None else "?"
+        fields = {"message": f"evaluating ({self.eval_batch}/{total} batches)"}
+        if jobs.stop_requested(self.run_dir):
+            fields = {"state": "stopping", "message": f"stopping: finishing this eval pass first "
+                      f"({self.eval_batch}/{total} batches), then saving a checkpoint"}
+        jobs.update_status(self.run_dir, **fields)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.eval_t0 is not None:
+            self.eval_seconds.append(time.time() - self.eval_t0)
+            self.eval_t0 = None
+        if self._stop_requested():  # a Stop during the pass: save right after it instead of one step later
+            self.stop_seen = True
+            control.should_save = control.should_training_stop = True
+        if self.main:
+            jobs.update_status(self.run_dir, message="stopping: saving a checkpoint" if self.stop_seen else "training")
         return control
 
     def _stop_requested(self) -> bool:
@@ -108,6 +142,18 @@ class IrisCallback(TrainerCallback):
             mirror_checkpoint(self.run_dir, ckpt, Path(self.cfg.mirror_dir))
         if self.cfg.mirror_hub_repo:
             mirror_to_hub(ckpt, self.cfg.mirror_hub_repo)
+
+
+def drop_checkpoints_after(run_dir: Path, step: int) -> list[str]:
+    """Remove checkpoints past `step` when a run resumes from `step`: they belong to the abandoned line
+    (their metrics are truncated too), so Train, Export and Chat never offer them as this run's."""
+    folder = Path(run_dir) / CHECKPOINTS
+    later = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()
+             and int(p.name.split("-", 1)[1]) > step]
+    for p in later:
+        shutil.rmtree(p, ignore_errors=True)
+        print(f"iris: removed {p.name}: the run resumed from checkpoint-{step}", flush=True)
+    return sorted(p.name for p in later)
 
 
 def drop_torn_checkpoints(run_dir: Path) -> list[str]:

@@ -22,8 +22,9 @@ def curves_figure(run_names: list[str], title: str):
         if len(run_names) == 1:
             fig.add_scatter(x=[r["step"] for r in tr], y=[r.get("lr") for r in tr], name="learning rate", yaxis="y2")
     fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", height=380,
+                      # automargin: the plot shrinks to fit the rate's tick labels instead of clipping them
                       yaxis2=dict(title="learning rate", overlaying="y", side="right", showgrid=False,
-                                  exponentformat="e"),
+                                  tickformat=".1e", automargin=True),
                       legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
                       margin=dict(r=80))
     return fig

@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import hub
 from core.errors import IrisError
 from core.train.config import TrainConfig
 
@@ -54,6 +55,9 @@ class Estimate:
     parts: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    eval_passes: int = 0
+    eval_seconds: float = 0.0
+    """of `seconds`, the eval-loss passes' share (forward passes over the whole eval split)"""
 
     @property
     def ok(self) -> bool:
@@ -62,7 +66,9 @@ class Estimate:
     def summary(self) -> str:
         where = f"{self.processes} × {self.device.name or self.device.kind}"
         return (f"~{self.memory_bytes / GIB:.1f} GiB per device of {self.device.mem_bytes / GIB:.0f} GiB; "
-                f"{self.steps} steps × ~{self.tokens_per_step:,} tokens ≈ {_duration(self.seconds)} on {where}")
+                f"{self.steps} steps × ~{self.tokens_per_step:,} tokens"
+                + (f" + {self.eval_passes} eval passes (≈ {_duration(self.eval_seconds)})" if self.eval_passes else "")
+                + f" ≈ {_duration(self.seconds)} on {where}")
 
 
 def _duration(seconds: float) -> str:
@@ -218,6 +224,10 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
     max_pos = arch.get("max_position_embeddings")
     if max_pos and cfg.max_seq_length > max_pos:
         problems.append(f"max_seq_length {cfg.max_seq_length} is beyond the model's {max_pos} positions: lower it.")
+    from core import models
+
+    if not models.is_local(cfg.base_model) and not hub.reachable():
+        problems.append(models.offline_sentence(cfg.base_model))  # the sentence the run would fail with
     rows = rows or mean_sample_tokens(cfg.dataset)
     if rows is None:
         problems.append(f"dataset version {cfg.dataset!r} does not exist: pick a saved version.")
@@ -238,6 +248,10 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
     params = count_params(arch)
     rate = CUDA_RATE * processes if device.kind == "cuda" else CPU_RATE_PER_CORE * max(1, device.cores)
     flops = 6 * params * tokens_per_step * steps * (4 / 3 if cfg.gradient_checkpointing else 1)
+    passes, eval_s = eval_passes(cfg, steps), 0.0
+    if passes:  # forward only: 2 × params FLOPs per token over the whole eval split, each pass
+        eval_tokens = eval_rows(cfg.dataset) * min(mean_tokens, cfg.max_seq_length)
+        eval_s = passes * 2 * params * eval_tokens / rate
     if device.kind != "cuda":
         if cfg.load_in_4bit:
             problems.append("4-bit loading needs a CUDA GPU: turn it off on this machine.")
@@ -261,8 +275,25 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
         seconds, timing = _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds)
         mem.update(timing)
         notes.extend(timing.pop("notes", []))
-    return Estimate(params, count_lora(arch, cfg), mem["total"], int(tokens_per_step), steps, seconds,
-                    device, processes, mem, problems, notes)
+    return Estimate(params, count_lora(arch, cfg), mem["total"], int(tokens_per_step), steps, seconds + eval_s,
+                    device, processes, mem, problems, notes, eval_passes=passes, eval_seconds=eval_s)
+
+
+def eval_rows(dataset: str) -> int:
+    from core import versions
+    from core.errors import IrisError
+
+    try:
+        return int(versions.load_manifest(dataset).get("rows", {}).get("eval") or 0)
+    except IrisError:
+        return 0
+
+
+def eval_passes(cfg: TrainConfig, steps: int) -> int:
+    """Eval-loss passes the run makes: one every eval_steps (when the version has an eval split)."""
+    if not (cfg.eval_steps and cfg.use_eval_split and eval_rows(cfg.dataset)):
+        return 0
+    return steps // cfg.eval_steps
 
 
 def _blame(mem: dict, cfg: TrainConfig) -> str:
