@@ -150,6 +150,7 @@ RECIPE_BAD = [
     ("steps: [{kind: length, enabled: sometimes}]", ["`steps[0].enabled`", "'sometimes'", "true or false"]),
     ("steps: [{kind: length}, {kind: length}]", ["`steps`", "length", "more than once"]),
     ("steps:\n- kind: length\n  params: {max_tokens: 3\n", ["line", "column", "YAML syntax error"]),
+    ("tokenizer: no-such-model\nsteps: []", ["`tokenizer`", "'no-such-model'", "llama-3"]),
 ]
 
 

@@ -26,6 +26,7 @@ Augment may call `apply_recipe` on concatenated sources for cross-source dedup w
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,18 @@ class Step:
         return self.params[name]
 
 
+def check_tokenizer_name(name: str) -> None:
+    """Refuse a tokenizer that names nothing: not llama-3, the embedded model, a hub id or a model folder here.
+    Hub ids (namespace/name) pass unchecked here: whether they load is known only when the hub answers."""
+    from core import models
+
+    if ("llama-3" in name.lower() or models.is_embedded(name) or re.fullmatch(r"[\w.-]+/[\w.-]+", name)
+            or models.is_local(name)):
+        return
+    raise IrisError(f"`tokenizer` is {name!r}: no such model here. Use llama-3, {models.EMBEDDED_ID}, a hub id "
+                    "(namespace/name) or a model folder.")
+
+
 @dataclass
 class DataRecipe:
     name: str = "default"
@@ -152,6 +165,7 @@ class DataRecipe:
         config.in_range("seed", self.seed, 0)
         if not self.tokenizer.strip():
             raise IrisError("`tokenizer` is empty: use llama-3, a model id or a model folder.")
+        check_tokenizer_name(self.tokenizer.strip())
 
     def step(self, kind: str) -> Step | None:
         return next((s for s in self.steps if s.kind == kind), None)
