@@ -56,7 +56,7 @@ if s["runs"]:
 if s["exports"]:
     st.subheader("Exports")
     table = pd.DataFrame(s["exports"]).drop(columns=["path"])
-    table["run"] = ["/train?run=" + r if r else None for r in table["run"]]
+    table["run"] = ["/train?run=" + r if isinstance(r, str) and r else None for r in table["run"]]  # NaN: no run
     st.dataframe(table, hide_index=True, width="stretch", column_config=LINKS)
 servers = serve.list_servers()
 if servers:
