@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,17 @@ def embedded_model_dir(session_home) -> Path:
             os.environ.pop("IRIS_HOME", None)
         else:
             os.environ["IRIS_HOME"] = old
+
+
+_MAIN = sys.modules["__main__"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """AppTest runs a page as `__main__` and leaves it there; a later test whose code starts `spawn` worker
+    processes (the DuckDB engine's pool) would then re-run that page in every worker. Put pytest's back."""
+    yield
+    sys.modules["__main__"] = _MAIN
 
 
 @pytest.fixture(autouse=True)

@@ -207,7 +207,8 @@ def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path
         from core.export.merge import plain_view
 
         begin("converting to an f16 GGUF (llama.cpp convert_hf_to_gguf.py)")
-        f16 = convert.convert_hf(plain_view(model_dir, work), f16_path)
+        # a LoRA-only export's base GGUF takes the adapter's tokenizer files: one template for both export modes
+        f16 = convert.convert_hf(plain_view(model_dir, work, src.adapter_dir if cfg.mode == "lora" else None), f16_path)
     end()
     return model_dir, merge_info, f16
 

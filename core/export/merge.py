@@ -360,19 +360,27 @@ def _copy_side_files(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: st
     plain_template_files(out_dir)
 
 
-def plain_view(model_dir: Path, work: Path) -> Path:
+def plain_view(model_dir: Path, work: Path, tokenizer_from: Path | None = None) -> Path:
     """`model_dir` itself when its chat template is plain; else a folder in `work` whose weights are
-    links to `model_dir`'s and whose tokenizer files carry the plain template (nothing big is copied)."""
+    links to `model_dir`'s and whose tokenizer files carry the plain template (nothing big is copied).
+    `tokenizer_from` (a run's adapter, for a LoRA-only export) supplies the tokenizer files when it has them,
+    so the base GGUF renders prompts exactly as the merged export of the same adapter does."""
     model_dir = Path(model_dir)
-    if not folder_has_markers(model_dir):
+    tok = Path(tokenizer_from) if tokenizer_from and (Path(tokenizer_from) / "tokenizer_config.json").exists() else None
+    if tok is None and not folder_has_markers(model_dir):
         return model_dir
     view = Path(work) / "plain-source"
     view.mkdir()
     for item in model_dir.iterdir():
+        if item.name in TOKENIZER_FILES and tok is not None:
+            continue
         if item.name in TOKENIZER_FILES or item.name in MODEL_FILES:
             shutil.copy2(item, view / item.name)
         else:
             (view / item.name).symlink_to(item.resolve())
+    for name in TOKENIZER_FILES if tok is not None else ():
+        if (tok / name).exists():
+            shutil.copy2(tok / name, view / name)
     plain_template_files(view)
     return view
 
