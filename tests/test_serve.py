@@ -168,23 +168,6 @@ def test_two_clients_at_once_get_their_own_answers(served, chat_engine):
     assert got == expected and expected["fruit"] != expected["count"]
 
 
-@pytest.mark.slow
-def test_the_job_is_listed_on_home_and_stops_gracefully(served):
-    from streamlit.testing.v1 import AppTest
-
-    status = jobs.read_status(served["job_dir"])
-    assert status["state"] == "running" and status["url"] == served["url"] and status["auth"] is True
-    os.environ["IRIS_HOME"], old = str(served["home"]), os.environ["IRIS_HOME"]
-    try:
-        at = AppTest.from_file(str(REPO_ROOT / "pages" / "home.py"), default_timeout=60).run()
-    finally:
-        os.environ["IRIS_HOME"] = old
-    table = next(df.value for df in at.dataframe if "url" in df.value.columns)
-    assert table.to_dict("records")[0]["url"] == served["url"]
-    jobs.request_stop(served["job_dir"])
-    assert jobs.wait(served["job_dir"], timeout_s=30)["state"] == "stopped"
-
-
 @contextlib.contextmanager
 def bundle_server(folder: Path):
     """The bundle started from its own folder with this interpreter, isolated (-I: no PYTHONPATH, no
@@ -404,3 +387,21 @@ def test_an_api_open_to_other_machines_needs_a_key(iris_home):
                           env={k: v for k, v in os.environ.items() if k != "IRIS_API_KEY"})
     assert proc.returncode == 2, proc.stderr
     assert "--api-key" in proc.stderr and "127.0.0.1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_job_is_listed_on_home_and_stops_gracefully(served):
+    # last of the tests on the shared `served` server: it stops it
+    from streamlit.testing.v1 import AppTest
+
+    status = jobs.read_status(served["job_dir"])
+    assert status["state"] == "running" and status["url"] == served["url"] and status["auth"] is True
+    os.environ["IRIS_HOME"], old = str(served["home"]), os.environ["IRIS_HOME"]
+    try:
+        at = AppTest.from_file(str(REPO_ROOT / "pages" / "home.py"), default_timeout=60).run()
+    finally:
+        os.environ["IRIS_HOME"] = old
+    table = next(df.value for df in at.dataframe if "url" in df.value.columns)
+    assert table.to_dict("records")[0]["url"] == served["url"]
+    jobs.request_stop(served["job_dir"])
+    assert jobs.wait(served["job_dir"], timeout_s=30)["state"] == "stopped"
