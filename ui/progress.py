@@ -20,12 +20,16 @@ def job_panel(job_dir: str | Path, *, unit: str = "steps", log_name: str = jobs.
     status = jobs.read_status(job_dir)
     fraction, text = jobs.progress_line(status, unit)
     st.progress(fraction, text=text)
+    # fixed slots: the panel keeps one layout whatever the job's state, so a redraw after the job ends
+    # leaves no stale element behind (a vanished Stop button used to leave a second "Log" on screen)
+    error_slot, stop_slot, extra_slot = st.empty(), st.empty(), st.container()
     if status.get("error"):
-        st.error(status["error"])
-    if status.get("state") in jobs.ACTIVE and st.button(stop_label, key=f"stop-{job_dir.name}"):
+        error_slot.error(status["error"])
+    if status.get("state") in jobs.ACTIVE and stop_slot.button(stop_label, key=f"stop-{job_dir.name}"):
         jobs.request_stop(job_dir) if graceful_stop else jobs.kill(job_dir)
         st.toast("Stopping…")
     if extra is not None:
-        extra(status)
+        with extra_slot:
+            extra(status)
     with st.expander("Log"):
         st.code(jobs.tail(job_dir / log_name, 4000) or "(empty)")
