@@ -92,7 +92,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     page.get_by_role("button", name="Launch").click()
     page.get_by_text(re.compile("Launched")).wait_for()
     page.get_by_role("tab", name="Runs").click()
-    page.get_by_text(re.compile(r"completed: 4/4 steps")).wait_for(timeout=900_000)
+    page.get_by_text(re.compile(r"completed: 4/4 steps")).first.wait_for(timeout=900_000)
     timings["trained"] = time.time() - t_start
     shot(page, "3-train-completed")
     doc_shot(page, "train-curves", page.locator(".stPlotlyChart").first)
