@@ -35,6 +35,8 @@ LLAMA_1B = "unsloth/Llama-3.2-1B-Instruct"
 FILLER = ("Photosynthesis converts light energy into chemical energy stored in glucose. Chlorophyll absorbs "
           "mostly blue and red light, and the light reactions in the thylakoid membranes split water, release "
           "oxygen and make ATP and NADPH, which the Calvin cycle in the stroma uses to fix carbon dioxide. ")
+# Greedy, and nothing that costs Python work per token that a server or engine would not also do.
+SAMPLING = {"top_k": 40, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
 FOLLOW_UPS = ["Can you explain that more simply, for a ten-year-old?", "What role does water play?",
               "Give me one everyday example.", "Summarise everything in two sentences."]
 
@@ -84,15 +86,15 @@ def embedded() -> tuple[Path, Path]:
     return models.embedded_gguf_path(), models.materialise_embedded()
 
 
-def first_prompt(engine, n_tokens: int) -> list[dict]:
-    """A system + user chat whose rendered prompt is `n_tokens` tokens (±2), through the model's template."""
+def first_prompt(count, n_tokens: int) -> list[dict]:
+    """A system + user chat whose rendered prompt is `n_tokens` tokens (±2); `count(messages)` gives a chat's length."""
     system = {"role": "system", "content": "You are a FineTome teaching assistant. Explain clearly."}
     words = (FILLER * 200).split()
     lo, hi = 1, len(words)
     while lo < hi:  # longest filler that fits
         mid = (lo + hi + 1) // 2
         user = {"role": "user", "content": " ".join(words[:mid]) + "\nWrite a long, detailed lesson about this."}
-        if len(engine.tokenize(engine.render([system, user]))) <= n_tokens:
+        if count([system, user]) <= n_tokens:
             lo = mid
         else:
             hi = mid - 1
@@ -106,7 +108,7 @@ def raw_run(llm, tokens: list[int], new_tokens: int) -> dict:
     llm.reset()
     t0 = time.perf_counter()
     t_first, n, out = None, 0, b""
-    for tok in llm.generate(tokens, top_k=40, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+    for tok in llm.generate(tokens, temp=0.0, **SAMPLING):
         if t_first is None:
             t_first = time.perf_counter()
         if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
@@ -117,8 +119,9 @@ def raw_run(llm, tokens: list[int], new_tokens: int) -> dict:
             break
     t_end = time.perf_counter()
     ttft = t_first - t0
-    return {"prompt_tokens": len(tokens), "completion_tokens": n, "ttft_s": ttft, "prompt_tok_s": len(tokens) / ttft,
-            "gen_tok_s": (n - 1) / max(t_end - t_first, 1e-9)}
+    return {"prompt_tokens": len(tokens), "completion_tokens": n, "tokens": n, "ttft_s": ttft,
+            "prompt_tok_s": len(tokens) / ttft, "gen_tok_s": (n - 1) / max(t_end - t_first, 1e-9),
+            "text": out.decode("utf-8", errors="replace")}
 
 
 def hf_run(folder: Path, tokens: list[int], new_tokens: int, threads: int) -> dict:
@@ -175,7 +178,7 @@ def bench_model(name: str, gguf: Path, hf_dir: Path, args) -> dict:
     engine = inference.load_engine(str(gguf))
     raw = Llama(model_path=str(gguf), n_ctx=engine.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
                 verbose=False)
-    messages = first_prompt(engine, args.prompt_tokens)
+    messages = first_prompt(lambda m: len(engine.tokenize(engine.render(m))), args.prompt_tokens)
     runs: dict[str, list[dict]] = {"raw": [], "iris": []}
 
     def run(key: str) -> None:

@@ -28,45 +28,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-FILLER = ("Photosynthesis converts light energy into chemical energy stored in glucose. Chlorophyll absorbs "
-          "mostly blue and red light, and the light reactions in the thylakoid membranes split water, release "
-          "oxygen and make ATP and NADPH, which the Calvin cycle in the stroma uses to fix carbon dioxide. ")
-# Greedy, and nothing that costs the server Python work per token that the raw loop does not do.
-SAMPLING = {"top_k": 40, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
-
-
-def build_prompt(meter, n_tokens: int) -> list[dict]:
-    system = {"role": "system", "content": "You are a FineTome teaching assistant. Explain clearly."}
-    words = (FILLER * 200).split()
-    lo, hi = 1, len(words)
-    while lo < hi:  # the longest filler that fits
-        mid = (lo + hi + 1) // 2
-        user = {"role": "user", "content": " ".join(words[:mid]) + "\nWrite a long, detailed lesson about this."}
-        if meter.count({"messages": [system, user]}) <= n_tokens:
-            lo = mid
-        else:
-            hi = mid - 1
-    return [system, {"role": "user", "content": " ".join(words[:lo]) + "\nWrite a long, detailed lesson about this."}]
-
-
-def raw_run(llm, tokens: list[int], new_tokens: int) -> dict:
-    import llama_cpp
-
-    llm.reset()
-    t0 = time.perf_counter()
-    t_first, n, out = None, 0, b""
-    for tok in llm.generate(tokens, temp=0.0, **SAMPLING):
-        if t_first is None:
-            t_first = time.perf_counter()
-        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
-            break
-        out += llm.detokenize([tok])
-        n += 1
-        if n >= new_tokens:
-            break
-    t_end = time.perf_counter()
-    return {"ttft_s": t_first - t0, "gen_tok_s": (n - 1) / max(t_end - t_first, 1e-9), "tokens": n,
-            "text": out.decode("utf-8", errors="replace")}
+from bench.chat_cpu import SAMPLING, first_prompt, raw_run  # noqa: E402  (one prompt search, one raw loop)
 
 
 def server_run(client, model: str, messages: list[dict], new_tokens: int, raw_tokens: int, meter) -> dict:
@@ -124,9 +86,8 @@ def main() -> None:
 
     model = find_model(args.model)
     meter = PromptMeter(model.path)
-    messages = build_prompt(meter, args.prompt_tokens)
-    result = meter.formatter(messages=messages)
-    tokens = meter.llm.tokenize(result.prompt.encode(), add_bos=not result.added_special, special=True)
+    messages = first_prompt(lambda m: meter.count({"messages": m}), args.prompt_tokens)
+    tokens = meter.prompt.tokenize(meter.prompt.format(messages=messages).prompt)  # exactly the server's ids
     llm = Llama(model_path=model.path, n_ctx=MAX_CTX, n_threads=args.threads, n_threads_batch=args.threads,
                 verbose=False)
     home = Path(tempfile.mkdtemp(prefix="iris-bench-serve-"))
