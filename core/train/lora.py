@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from core import jobs, versions
@@ -45,7 +46,7 @@ def start(cfg: TrainConfig) -> Path:
     save_yaml(cfg, run_dir / CONFIG)
     argv, processes = launcher_argv(str(run_dir / CONFIG))
     jobs.launch(run_dir, argv, log_name=LOG)
-    jobs.update_status(run_dir, processes=processes, phase="starting Python")
+    jobs.update_status(run_dir, processes=processes, phase="starting Python", phase_times={"starting Python": 0.0})
     return run_dir
 
 
@@ -70,7 +71,7 @@ def resume(run_dir: Path, checkpoint: int | None = None) -> int:
     args = ["--resume", str(run_dir)] + (["--checkpoint", str(checkpoint)] if checkpoint is not None else [])
     argv, processes = launcher_argv(*args)
     pid = jobs.launch(run_dir, argv, log_name=LOG)
-    jobs.update_status(run_dir, processes=processes, phase="starting Python")
+    jobs.update_status(run_dir, processes=processes, phase="starting Python", phase_times={"starting Python": 0.0})
     return pid
 
 
@@ -114,15 +115,28 @@ def set_phase(run_dir: Path, phase: str | None, done: int | None = None, total: 
     """What the job does before step 1, for the progress line and the runs table (rank 0 only).
 
     status.json fields: `phase` (starting, preparing base model, loading model, tokenising, first step; None
-    once steps run), `phase_done` / `phase_total` (rows tokenised of all, when the phase counts anything).
+    once steps run), `phase_done` / `phase_total` (rows tokenised of all, when the phase counts anything), and
+    `phase_times`: seconds from Launch at which each phase began ("step 1 done" when the first step ended), also
+    printed to train.log, so a slow start says where its time went.
     """
-    if is_main_process():
-        jobs.update_status(run_dir, phase=phase, phase_done=done, phase_total=total)
+    if not is_main_process():
+        return
+    status = jobs.read_status(run_dir)
+    times, key = dict(status.get("phase_times") or {}), phase or "step 1 done"
+    fields = {}
+    if key not in times and status.get("started"):
+        times[key] = round(time.time() - status["started"], 2)
+        fields["phase_times"] = times
+        print(f"iris: +{times[key]:.1f} s since Launch: {key}", flush=True)
+    jobs.update_status(run_dir, phase=phase, phase_done=done, phase_total=total, **fields)
 
 
 def datasets_for(cfg: TrainConfig, tokenizer, backend: str, run_dir: Path) -> tuple:
-    """(train dataset, eval dataset or None, their row sources). Streams rows when nothing needs them all."""
+    """(train dataset, eval dataset or None, their row sources). Streams rows when nothing needs them all.
+    Sets the phases "reading rows", then "building trainer" (what main does next)."""
     from core.train.tokens import RowSource
+
+    set_phase(run_dir, "reading rows")
 
     train = RowSource(cfg.dataset, "train", tokenizer, cfg.max_seq_length, cfg.assistant_only_loss)
     sources = [train]
@@ -131,9 +145,11 @@ def datasets_for(cfg: TrainConfig, tokenizer, backend: str, run_dir: Path) -> tu
         evals = RowSource(cfg.dataset, "eval", tokenizer, cfg.max_seq_length, cfg.assistant_only_loss)
         sources.append(evals)
     if streams(cfg, backend):
-        return train.streaming_dataset(), evals.streaming_dataset() if evals else None, sources
-    train_ds = train.full_dataset(lambda n, total: set_phase(run_dir, "tokenising", n, total))
-    eval_ds = evals.full_dataset(lambda n, total: set_phase(run_dir, "tokenising eval", n, total)) if evals else None
+        train_ds, eval_ds = train.streaming_dataset(), evals.streaming_dataset() if evals else None
+    else:
+        train_ds = train.full_dataset(lambda n, total: set_phase(run_dir, "tokenising", n, total))
+        eval_ds = evals.full_dataset(lambda n, total: set_phase(run_dir, "tokenising eval", n, total)) if evals else None
+    set_phase(run_dir, "building trainer")
     return train_ds, eval_ds, sources
 
 
