@@ -159,3 +159,29 @@ def test_the_loss_curve_ticks_whole_steps(last, tick):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     axis = curves_figure(["ticks"], "ticks").layout.xaxis
     assert (axis.tick0, axis.dtick, axis.tickformat) == (0, tick, "d")  # plotly's own ticks fell on half steps
+
+
+@pytest.mark.slow
+def test_launch_hands_the_run_to_a_warm_process(tiny_llama3_dir, monkeypatch):
+    """The Train page keeps a process with the training libraries imported; Launch gives it the run."""
+    from core.train import launch
+
+    monkeypatch.setenv("IRIS_WARM_START", "1")
+    toy_version(rows=40, eval_rows=0)
+    pid = launch.warm_up()
+    assert pid and launch.warm_up() is None  # one at a time
+    deadline = time.time() + 900
+    while not (launch.warm_dir() / f"{pid}.ready").exists():
+        assert time.time() < deadline and jobs.pid_alive(pid), (launch.warm_dir() / "warm.log").read_text()
+        time.sleep(0.2)
+    run_dir = lora.start(tiny_cfg(tiny_llama3_dir, run_name="warm", eval_steps=0))
+    assert launch.warm_up() is None  # not while a run starts: its imports would take a core from the run
+    assert jobs.read_status(run_dir)["pid"] == pid and jobs.read_status(run_dir)["warm"]
+    while jobs.read_status(run_dir)["state"] in jobs.ACTIVE:
+        assert time.time() < deadline, jobs.tail(run_dir / runs.LOG)
+        time.sleep(0.5)
+    status = jobs.read_status(run_dir)
+    assert status["state"] == "completed", jobs.tail(run_dir / runs.LOG)
+    assert len(losses(run_dir)) == 4
+    assert list(status["phase_times"])[0] == "handing over to a warm process" and "step 1 done" in status["phase_times"]
+    assert not list(launch.warm_dir().glob(f"{pid}.*"))  # its marks are gone with it

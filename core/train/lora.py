@@ -44,10 +44,21 @@ def start(cfg: TrainConfig) -> Path:
         raise IrisError(f"a run named {cfg.run_name!r} already exists: resume it or choose another name.")
     run_dir.mkdir(parents=True)
     save_yaml(cfg, run_dir / CONFIG)
-    argv, processes = launcher_argv(str(run_dir / CONFIG))
-    jobs.launch(run_dir, argv, log_name=LOG)
-    jobs.update_status(run_dir, processes=processes, phase="starting Python", phase_times={"starting Python": 0.0})
+    launch_job(run_dir, str(run_dir / CONFIG))
     return run_dir
+
+
+def launch_job(run_dir: Path, *args: str) -> int:
+    """`python -m core.train ARGS` for this run: handed to a warm process when one is ready (its imports done:
+    core.train.launch), else a new one. Returns the pid."""
+    from core.train.launch import claim_warm, launch_warm
+
+    argv, processes = launcher_argv(*args)
+    warm = claim_warm() if processes == 1 else None
+    pid = launch_warm(run_dir, warm, list(args), LOG) if warm else jobs.launch(run_dir, argv, log_name=LOG)
+    phase = "handing over to a warm process" if warm else "starting Python"
+    jobs.update_status(run_dir, processes=processes, phase=phase, phase_times={phase: 0.0})
+    return pid
 
 
 def prepare_cluster(cfg: TrainConfig, hosts: list[str], gpus_per_host: int) -> tuple[Path, list[Path]]:
@@ -69,10 +80,7 @@ def resume(run_dir: Path, checkpoint: int | None = None) -> int:
     """Relaunch a stopped/died run from its latest (or a chosen) complete checkpoint. Returns the pid."""
     checkpoint_dir(run_dir, checkpoint)  # fail here, in the page, if there is nothing to resume from
     args = ["--resume", str(run_dir)] + (["--checkpoint", str(checkpoint)] if checkpoint is not None else [])
-    argv, processes = launcher_argv(*args)
-    pid = jobs.launch(run_dir, argv, log_name=LOG)
-    jobs.update_status(run_dir, processes=processes, phase="starting Python", phase_times={"starting Python": 0.0})
-    return pid
+    return launch_job(run_dir, *args)
 
 
 # ---- checks before any weight is loaded ----------------------------------------------------------------
