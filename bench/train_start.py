@@ -69,12 +69,13 @@ def time_first_step(dataset: str, run_name: str, packing: bool, timeout_s: float
     cached = _cached_rows()  # the job flushed step 1's rows before logging its loss
     jobs.kill(run_dir)
     status = jobs.read_status(run_dir)
-    return {"first_step_s": first, "phases": status.get("phase_times") or {}, "rows_cached": cached,
-            "load": sum(loads) / max(1, len(loads))}
+    return {"first_step_s": first, "phases": status.get("phase_times") or {}, "cpu": status.get("phase_cpu") or {},
+            "rows_cached": cached, "load": sum(loads) / max(1, len(loads))}
 
 
 def phase_table(runs_out: dict) -> str:
-    """Seconds each phase took (from its start to the next phase's), per run, markdown."""
+    """Seconds each phase took (from its start to the next phase's), per run, markdown; in brackets the job's CPU
+    seconds in it (all its threads), where both ends were recorded by the job."""
     labels = list(runs_out)
     names = []
     for out in runs_out.values():
@@ -85,7 +86,10 @@ def phase_table(runs_out: dict) -> str:
         for out in runs_out.values():
             times = sorted(out["phases"].items(), key=lambda kv: kv[1]) + [("logged", out["first_step_s"])]
             at = [i for i, (n, _) in enumerate(times) if n == name]
-            cells.append(f"{times[at[0] + 1][1] - times[at[0]][1]:.1f} s" if at else "—")
+            cpu = out["cpu"]
+            nxt = times[at[0] + 1][0] if at else None
+            spent = f" ({cpu[nxt] - cpu.get(name, 0.0):.1f} CPU)" if at and nxt in cpu and name in cpu else ""
+            cells.append(f"{times[at[0] + 1][1] - times[at[0]][1]:.1f} s{spent}" if at else "—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| **Launch → first logged step** | " + " | ".join(f"**{o['first_step_s']:.1f} s**"
                                                                     for o in runs_out.values()) + " |")

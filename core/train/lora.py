@@ -124,8 +124,9 @@ def set_phase(run_dir: Path, phase: str | None, done: int | None = None, total: 
 
     status.json fields: `phase` (starting, preparing base model, loading model, tokenising, first step; None
     once steps run), `phase_done` / `phase_total` (rows tokenised of all, when the phase counts anything), and
-    `phase_times`: seconds from Launch at which each phase began ("step 1 done" when the first step ended), also
-    printed to train.log, so a slow start says where its time went.
+    `phase_times`: seconds from Launch at which each phase began ("step 1 done" when the first step ended), and
+    `phase_cpu`: the CPU seconds the job had used by then (what a busy machine does not inflate), also printed
+    to train.log, so a slow start says where its time went.
     """
     if not is_main_process():
         return
@@ -134,8 +135,9 @@ def set_phase(run_dir: Path, phase: str | None, done: int | None = None, total: 
     fields = {}
     if key not in times and status.get("started"):
         times[key] = round(time.time() - status["started"], 2)
-        fields["phase_times"] = times
-        print(f"iris: +{times[key]:.1f} s since Launch: {key}", flush=True)
+        cpu = dict(status.get("phase_cpu") or {}, **{key: round(time.process_time(), 2)})
+        fields.update(phase_times=times, phase_cpu=cpu)  # phase_cpu: this process's CPU seconds (all threads)
+        print(f"iris: +{times[key]:.1f} s since Launch ({cpu[key]:.1f} s CPU): {key}", flush=True)
     jobs.update_status(run_dir, phase=phase, phase_done=done, phase_total=total, **fields)
 
 
