@@ -28,14 +28,19 @@ def test_runs_tokenise_only_what_they_read_then_use_the_cache_and_resume_in_plac
     from safetensors.torch import load_file
 
     toy_version(rows=600, eval_rows=0)  # 150× what a 4-step run of 2 rows per step reads
-    jobs.update_status(runs.run_path("first"), started=time.time())  # as jobs.launch marks a Launch
-    first = lora.main(tiny_cfg(tiny_llama3_dir, run_name="first", eval_steps=0))
+    from core.config import save_yaml
+
+    cfg = tiny_cfg(tiny_llama3_dir, run_name="first", eval_steps=0)
+    runs.run_path("first").mkdir(parents=True)
+    save_yaml(cfg, runs.run_path("first") / runs.CONFIG)  # as lora.start writes it, then jobs.launch marks the Launch
+    jobs.update_status(runs.run_path("first"), started=time.time())
+    first = lora.main(cfg)
     status = jobs.read_status(first)
     # when each phase began, from Launch, in order (the bench's per-phase table reads these)
     times = status["phase_times"]
     assert list(times) == ["importing libraries", "preparing base model", "loading model", "reading rows",
                            "building trainer", "first step", "step 1 done"], times
-    assert list(times.values()) == sorted(times.values())
+    assert list(times.values()) == sorted(times.values()) and list(status["phase_cpu"]) == list(times)
     # 4 steps × batch 2 × accum 1 × 1 process = 8 rows, plus the block of 10 rows (datasets formats rows 10 at a
     # time when iterated) behind trl's peek at the first row: at most 18 of 600
     assert 8 <= status["rows_tokenised"] <= 18 and cached_rows() == status["rows_tokenised"], status
