@@ -11,9 +11,11 @@ from core.train import lora
 from core.train.config import BACKENDS, OPTIMIZERS, TrainConfig, list_presets, load_preset
 from core.train.curves import curves_figure
 from core.train.estimate import detect_device, estimate, fill_card
+from core.train.launch import warm_up
 from ui.progress import job_panel
 
 st.title("Train")
+warm_up()  # a process with torch & co. imported waits for the next Launch (step 1 ~15 s sooner)
 device = st.cache_data(ttl=60)(detect_device)()
 presets = list_presets()
 H = field_docs(TrainConfig)  # help text: each field's docstring

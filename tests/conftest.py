@@ -49,6 +49,7 @@ def iris_home(tmp_path, monkeypatch, request) -> Path:
     (or `home_with_model`), which links the session's materialised copy in."""
     home = tmp_path / "iris_home"
     monkeypatch.setenv("IRIS_HOME", str(home))
+    monkeypatch.setenv("IRIS_WARM_START", "0")  # no idle warm training process per test (core.train.launch)
     return home
 
 

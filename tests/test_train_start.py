@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -27,8 +28,19 @@ def test_runs_tokenise_only_what_they_read_then_use_the_cache_and_resume_in_plac
     from safetensors.torch import load_file
 
     toy_version(rows=600, eval_rows=0)  # 150× what a 4-step run of 2 rows per step reads
-    first = lora.main(tiny_cfg(tiny_llama3_dir, run_name="first", eval_steps=0))
+    from core.config import save_yaml
+
+    cfg = tiny_cfg(tiny_llama3_dir, run_name="first", eval_steps=0)
+    runs.run_path("first").mkdir(parents=True)
+    save_yaml(cfg, runs.run_path("first") / runs.CONFIG)  # as lora.start writes it, then jobs.launch marks the Launch
+    jobs.update_status(runs.run_path("first"), started=time.time())
+    first = lora.main(cfg)
     status = jobs.read_status(first)
+    # when each phase began, from Launch, in order (the bench's per-phase table reads these)
+    times = status["phase_times"]
+    assert list(times) == ["importing libraries", "preparing base model", "loading model", "reading rows",
+                           "building trainer", "first step", "step 1 done"], times
+    assert list(times.values()) == sorted(times.values()) and list(status["phase_cpu"]) == list(times)
     # 4 steps × batch 2 × accum 1 × 1 process = 8 rows, plus the block of 10 rows (datasets formats rows 10 at a
     # time when iterated) behind trl's peek at the first row: at most 18 of 600
     assert 8 <= status["rows_tokenised"] <= 18 and cached_rows() == status["rows_tokenised"], status
@@ -64,6 +76,7 @@ def test_streamed_rows_equal_fully_tokenised_rows_and_come_from_the_cache(tiny_l
     again = RowSource("toy", "train", tok, 24, True)
     streamed = again.streaming_dataset()
     assert [streamed[i] for i in range(30)] == [full[i] for i in range(30)] and again.cache.tokenised == 0
+    assert again._column is None  # every row came from the cache: the version's conversations were never read
     row = full[3]
     assert len(row["input_ids"]) == 24  # cut at max length (the toy rows are ~30 tokens)
     assert tok.decode([t for t in row["labels"] if t != -100]).startswith("3 plus 3")
@@ -94,3 +107,86 @@ def test_the_progress_line_and_runs_table_show_the_phase_before_step_1(tiny_llam
     assert list(table["progress"]) == [text]  # the runs table says it too
     jobs.update_status(run_dir, state="completed", step=4, total=4, phase=None)
     assert "tokenising" not in jobs.progress_line(jobs.read_status(run_dir))[1]
+
+
+def test_the_rows_of_step_1_are_cached_when_it_ends_and_later_ones_every_30_s(tiny_llama3_dir):
+    """A run killed right after its first logged step (the bench does that) leaves that step's rows cached."""
+    from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
+
+    from core.train.backends import set_training_template
+    from core.train.tokens import FLUSH_EVERY_S, RowSource, flush_callback
+
+    toy_version(rows=30, eval_rows=0)
+    tok = AutoTokenizer.from_pretrained(tiny_llama3_dir)
+    set_training_template(tok, True)
+    source = RowSource("toy", "train", tok, 24, True)
+    callback, state, control = flush_callback([source]), TrainerState(), TrainerControl()
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
+    for i in range(4):  # step 1's rows
+        source.encode(i)
+    assert cached_rows() == 0
+    callback.on_step_end(args, state, control)
+    assert cached_rows() == 4  # on disk before the step's loss is logged (on_log comes after on_step_end)
+    source.encode(4)
+    callback.on_step_end(args, state, control)
+    assert cached_rows() == 4  # not one part file per step: the next flush waits FLUSH_EVERY_S
+    callback.last -= FLUSH_EVERY_S
+    callback.on_step_end(args, state, control)
+    assert cached_rows() == 5
+
+
+def test_the_estimate_reads_a_few_rows_and_the_row_count_not_the_whole_version(tiny_llama3_dir, monkeypatch):
+    from core import versions
+    from core.train.estimate import estimate, mean_sample_tokens
+
+    toy_version(rows=40, eval_rows=0)
+    rows = versions.load("toy")
+    chars = sum(len(m["content"]) + 8 for msgs in rows["messages"].head(10) for m in msgs)
+
+    def whole_version(*args, **kwargs):
+        raise AssertionError("the estimate read the whole version (52 s for 100k FineTome rows)")
+
+    monkeypatch.setattr(versions, "load", whole_version)
+    assert mean_sample_tokens("toy", limit=10) == (pytest.approx(chars / 10 / 3.6), 40)
+    assert estimate(tiny_cfg(tiny_llama3_dir, eval_steps=0)).steps == 4
+    assert mean_sample_tokens("gone") is None
+
+
+@pytest.mark.parametrize("last,tick", [(1, 1), (4, 1), (10, 1), (11, 2), (30, 5), (1000, 100), (1001, 200)])
+def test_the_loss_curve_ticks_whole_steps(last, tick):
+    import json
+
+    from core.train.curves import curves_figure
+
+    run = runs.run_path("ticks")
+    run.mkdir(parents=True)
+    rows = [{"step": s, "loss": 2.0, "lr": 1e-4} for s in range(1, last + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    axis = curves_figure(["ticks"], "ticks").layout.xaxis
+    assert (axis.tick0, axis.dtick, axis.tickformat) == (0, tick, "d")  # plotly's own ticks fell on half steps
+
+
+@pytest.mark.slow
+def test_launch_hands_the_run_to_a_warm_process(tiny_llama3_dir, monkeypatch):
+    """The Train page keeps a process with the training libraries imported; Launch gives it the run."""
+    from core.train import launch
+
+    monkeypatch.setenv("IRIS_WARM_START", "1")
+    toy_version(rows=40, eval_rows=0)
+    pid = launch.warm_up()
+    assert pid and launch.warm_up() is None  # one at a time
+    deadline = time.time() + 900
+    while not (launch.warm_dir() / f"{pid}.ready").exists():
+        assert time.time() < deadline and jobs.pid_alive(pid), (launch.warm_dir() / "warm.log").read_text()
+        time.sleep(0.2)
+    run_dir = lora.start(tiny_cfg(tiny_llama3_dir, run_name="warm", eval_steps=0))
+    assert launch.warm_up() is None  # not while a run starts: its imports would take a core from the run
+    assert jobs.read_status(run_dir)["pid"] == pid and jobs.read_status(run_dir)["warm"]
+    while jobs.read_status(run_dir)["state"] in jobs.ACTIVE:
+        assert time.time() < deadline, jobs.tail(run_dir / runs.LOG)
+        time.sleep(0.5)
+    status = jobs.read_status(run_dir)
+    assert status["state"] == "completed", jobs.tail(run_dir / runs.LOG)
+    assert len(losses(run_dir)) == 4
+    assert list(status["phase_times"])[0] == "handing over to a warm process" and "step 1 done" in status["phase_times"]
+    assert not list(launch.warm_dir().glob(f"{pid}.*"))  # its marks are gone with it

@@ -3,6 +3,7 @@
 Run as:
     python -m core.train CONFIG.yaml                          # a new run (IRIS_HOME/runs/<run_name>/)
     python -m core.train --resume RUN_DIR [--checkpoint N]    # continue from the latest (or step N) checkpoint
+    python -m core.train --warm                               # wait, libraries imported, for a Launch's run
     python -m core.train CONFIG.yaml --hosts H1,H2 --gpus-per-host 8
         # writes RUN_DIR/launch/: an accelerate config per host and torchrun.sh (one line per host); start each
         # host's line on that host (the run directory on a filesystem every host shares, at the same path)
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from pathlib import Path
 
 from core import jobs
@@ -19,6 +21,12 @@ from core.errors import IrisError, cli_exit
 from core.runs import CONFIG, run_path
 from core.train.config import TrainConfig
 from core.train.lora import is_main_process, main, prepare_cluster, resume_run
+
+# The job never uses scikit-learn, but transformers imports it (and scipy.stats with it) whenever it is installed,
+# for assisted generation's roc_curve: ~2.5 s of CPU in a start whose imports take ~15 s. None in sys.modules makes
+# importlib's find_spec answer "not installed", so transformers leaves it out. (Another installed package, not Iris,
+# brings scikit-learn into the environment.)
+sys.modules.setdefault("sklearn", None)
 
 
 def _terminated(signum, frame):
@@ -34,7 +42,16 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--hosts", metavar="H1,H2", help="write launch files for these hosts (first = rank 0), "
                         "do not train here")
     parser.add_argument("--gpus-per-host", type=int, default=1, metavar="G", help="DDP processes per host")
+    parser.add_argument("--warm", action="store_true", help="import the libraries, then wait for a Launch to hand "
+                        "this process its run (core.train.launch.serve_warm; the Train page starts these)")
     args = parser.parse_args(argv)
+    if args.warm:
+        from core.train.launch import serve_warm
+
+        handed = serve_warm()
+        if handed is None:
+            return
+        args = parser.parse_args(handed)
     run_dir = None
     try:
         if args.hosts:

@@ -180,15 +180,25 @@ def count_lora(arch: dict, cfg: TrainConfig) -> int:
 
 
 def mean_sample_tokens(dataset: str, limit: int = 2000) -> tuple[float, int] | None:
-    """(average conversation length in tokens, from characters; row count), or None if the version is missing."""
+    """(average conversation length in tokens, from the characters of the first `limit` rows; train row count),
+    or None if the version is missing. Reads only those rows' `messages` from the Parquet file and the count from
+    its footer: loading a 100k-row version through pandas took ~52 s on 2 busy cores, at every Launch."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     from core import versions
 
     try:
-        df = versions.load(dataset)
+        versions.load_manifest(dataset)
     except IrisError:
         return None
-    chars = [sum(len(str(m.get("content", ""))) + 8 for m in msgs) for msgs in df["messages"].head(limit)]
-    return max(1.0, sum(chars) / max(1, len(chars)) / CHARS_PER_TOKEN), len(df)
+    parquet = pq.ParquetFile(versions.version_dir(dataset) / versions.TRAIN)
+    batch = next(parquet.iter_batches(batch_size=limit, columns=["messages"]), None)
+    if batch is None or not len(batch):
+        return 1.0, parquet.metadata.num_rows
+    turns = pc.list_flatten(batch.column(0))
+    chars = (pc.sum(pc.utf8_length(pc.fill_null(turns.field("content"), ""))).as_py() or 0) + 8 * len(turns)
+    return max(1.0, chars / len(batch) / CHARS_PER_TOKEN), parquet.metadata.num_rows
 
 
 def memory_bytes(arch: dict, cfg: TrainConfig, device: Device, tokens_per_micro: int,

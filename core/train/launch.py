@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -102,3 +103,112 @@ def write_cluster_files(run_dir: Path, hosts: list[str], per_host: int, port: in
     script = folder / "torchrun.sh"
     script.write_text("\n".join(lines) + "\n")
     return [*written, script]
+
+
+# ---- a warm process: the job's imports done before Launch -----------------------------------------------
+# A new Python spends ~15 s of CPU on 2 cores importing torch, transformers, peft, trl and datasets before a run
+# can do anything (bench/train_start.py prints this floor): more than the whole "step 1 within 10 s" goal. So the
+# Train page keeps one process waiting with those imports done (`warm_up`, while no run is starting or training);
+# Launch hands it the run (`claim_warm`, `launch_warm`): it becomes that run's job, exactly `python -m core.train
+# ARGS` from there on. One-process runs on this machine only; without a ready one, Launch starts a new Python.
+WARM_IDLE_S = 1800.0  # an unclaimed warm process exits after 30 min (it holds ~0.5 GB of imported libraries)
+WARM_MODULES = ("torch", "transformers", "transformers.models.llama.modeling_llama", "transformers.trainer",
+                "peft", "trl", "datasets", "pyarrow.parquet", "core.train.backends", "core.train.callbacks",
+                "core.train.tokens")
+
+
+def warm_dir() -> Path:
+    from core.paths import iris_home
+
+    return iris_home() / "cache" / "warm"
+
+
+def warm_enabled() -> bool:
+    """IRIS_WARM_START=0 turns warm processes off (the tests do: each would hold ~0.5 GB for 30 min)."""
+    return os.environ.get("IRIS_WARM_START", "1") != "0"
+
+
+def warm_up() -> int | None:
+    """Start a warm process unless one is starting or waiting, or a run is starting or training: its ~15 s of
+    imports would take one of the run's two cores. Returns the new one's pid, or None."""
+    import subprocess
+
+    from core.paths import runs_dir
+
+    if not warm_enabled() or any(jobs.read_status(s.parent).get("state") in jobs.ACTIVE
+                                 for s in runs_dir().glob("*/status.json")):
+        return None
+    folder = warm_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for mark in [*folder.glob("*.starting"), *folder.glob("*.ready")]:
+        if jobs.pid_alive(int(mark.stem)):
+            return None
+        mark.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(jobs.REPO_ROOT), env.get("PYTHONPATH")]))
+    with open(folder / "warm.log", "ab") as log:
+        proc = subprocess.Popen(jobs.python_module_argv("core.train", "--warm"), cwd=jobs.REPO_ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    (folder / f"{proc.pid}.starting").touch()
+    return proc.pid
+
+
+def claim_warm() -> int | None:
+    """Reserve a ready warm process for the caller (an atomic rename, so two Launches never share one): its pid."""
+    folder = warm_dir()
+    for ready in sorted(folder.glob("*.ready")) if warm_enabled() and folder.exists() else []:
+        claimed = ready.with_suffix(".claimed")
+        try:
+            os.rename(ready, claimed)
+        except FileNotFoundError:
+            continue  # another Launch took it
+        if jobs.pid_alive(int(ready.stem)):
+            return int(ready.stem)
+        claimed.unlink(missing_ok=True)
+    return None
+
+
+def launch_warm(run_dir: Path, pid: int, args: list[str], log_name: str) -> int:
+    """What jobs.launch does, with the claimed warm process `pid` instead of a new one."""
+    from core.paths import write_json
+
+    run_dir = Path(run_dir)
+    (run_dir / jobs.STOP_FILE).unlink(missing_ok=True)
+    jobs.update_status(run_dir, state="queued", pid=pid, started=time.time(), error=None, message="starting",
+                       launched_argv=jobs.python_module_argv("core.train", *args), warm=True)
+    write_json(warm_dir() / f"{pid}.request.json", {"args": list(args), "log": str(run_dir / log_name)})
+    return pid
+
+
+def serve_warm(idle_s: float = WARM_IDLE_S) -> list[str] | None:
+    """`python -m core.train --warm`: import what a run needs, say so, wait for a run. Returns that run's CLI
+    arguments (stdout and stderr now go to its log), or None when nobody came within `idle_s`."""
+    import importlib
+
+    from core.paths import read_json
+
+    for module in WARM_MODULES:
+        importlib.import_module(module)
+    folder, pid = warm_dir(), os.getpid()
+    (folder / f"{pid}.ready").touch()
+    (folder / f"{pid}.starting").unlink(missing_ok=True)
+    request, deadline, grace = folder / f"{pid}.request.json", time.time() + idle_s, True
+    while not request.exists():
+        if time.time() > deadline:
+            try:
+                (folder / f"{pid}.ready").unlink()
+                return None
+            except FileNotFoundError:  # claimed just now: its request follows within moments
+                if not grace:  # the claimer went away without sending one
+                    (folder / f"{pid}.claimed").unlink(missing_ok=True)
+                    return None
+                grace, deadline = False, time.time() + 60
+        time.sleep(0.05)  # seconds: the hand-over adds at most this to Launch → step 1
+    job = read_json(request)
+    request.unlink()
+    (folder / f"{pid}.claimed").unlink(missing_ok=True)
+    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return job["args"]

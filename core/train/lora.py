@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from core import jobs, versions
@@ -43,10 +44,21 @@ def start(cfg: TrainConfig) -> Path:
         raise IrisError(f"a run named {cfg.run_name!r} already exists: resume it or choose another name.")
     run_dir.mkdir(parents=True)
     save_yaml(cfg, run_dir / CONFIG)
-    argv, processes = launcher_argv(str(run_dir / CONFIG))
-    jobs.launch(run_dir, argv, log_name=LOG)
-    jobs.update_status(run_dir, processes=processes, phase="starting Python")
+    launch_job(run_dir, str(run_dir / CONFIG))
     return run_dir
+
+
+def launch_job(run_dir: Path, *args: str) -> int:
+    """`python -m core.train ARGS` for this run: handed to a warm process when one is ready (its imports done:
+    core.train.launch), else a new one. Returns the pid."""
+    from core.train.launch import claim_warm, launch_warm
+
+    argv, processes = launcher_argv(*args)
+    warm = claim_warm() if processes == 1 else None
+    pid = launch_warm(run_dir, warm, list(args), LOG) if warm else jobs.launch(run_dir, argv, log_name=LOG)
+    phase = "handing over to a warm process" if warm else "starting Python"
+    jobs.update_status(run_dir, processes=processes, phase=phase, phase_times={phase: 0.0})
+    return pid
 
 
 def prepare_cluster(cfg: TrainConfig, hosts: list[str], gpus_per_host: int) -> tuple[Path, list[Path]]:
@@ -68,10 +80,7 @@ def resume(run_dir: Path, checkpoint: int | None = None) -> int:
     """Relaunch a stopped/died run from its latest (or a chosen) complete checkpoint. Returns the pid."""
     checkpoint_dir(run_dir, checkpoint)  # fail here, in the page, if there is nothing to resume from
     args = ["--resume", str(run_dir)] + (["--checkpoint", str(checkpoint)] if checkpoint is not None else [])
-    argv, processes = launcher_argv(*args)
-    pid = jobs.launch(run_dir, argv, log_name=LOG)
-    jobs.update_status(run_dir, processes=processes, phase="starting Python")
-    return pid
+    return launch_job(run_dir, *args)
 
 
 # ---- checks before any weight is loaded ----------------------------------------------------------------
@@ -114,15 +123,30 @@ def set_phase(run_dir: Path, phase: str | None, done: int | None = None, total: 
     """What the job does before step 1, for the progress line and the runs table (rank 0 only).
 
     status.json fields: `phase` (starting, preparing base model, loading model, tokenising, first step; None
-    once steps run), `phase_done` / `phase_total` (rows tokenised of all, when the phase counts anything).
+    once steps run), `phase_done` / `phase_total` (rows tokenised of all, when the phase counts anything), and
+    `phase_times`: seconds from Launch at which each phase began ("step 1 done" when the first step ended), and
+    `phase_cpu`: the CPU seconds the job had used by then (what a busy machine does not inflate), also printed
+    to train.log, so a slow start says where its time went.
     """
-    if is_main_process():
-        jobs.update_status(run_dir, phase=phase, phase_done=done, phase_total=total)
+    if not is_main_process():
+        return
+    status = jobs.read_status(run_dir)
+    times, key = dict(status.get("phase_times") or {}), phase or "step 1 done"
+    fields = {}
+    if key not in times and status.get("started"):
+        times[key] = round(time.time() - status["started"], 2)
+        cpu = dict(status.get("phase_cpu") or {}, **{key: round(time.process_time(), 2)})
+        fields.update(phase_times=times, phase_cpu=cpu)  # phase_cpu: this process's CPU seconds (all threads)
+        print(f"iris: +{times[key]:.1f} s since Launch ({cpu[key]:.1f} s CPU): {key}", flush=True)
+    jobs.update_status(run_dir, phase=phase, phase_done=done, phase_total=total, **fields)
 
 
 def datasets_for(cfg: TrainConfig, tokenizer, backend: str, run_dir: Path) -> tuple:
-    """(train dataset, eval dataset or None, their row sources). Streams rows when nothing needs them all."""
+    """(train dataset, eval dataset or None, their row sources). Streams rows when nothing needs them all.
+    Sets the phases "reading rows", then "building trainer" (what main does next)."""
     from core.train.tokens import RowSource
+
+    set_phase(run_dir, "reading rows")
 
     train = RowSource(cfg.dataset, "train", tokenizer, cfg.max_seq_length, cfg.assistant_only_loss)
     sources = [train]
@@ -131,9 +155,11 @@ def datasets_for(cfg: TrainConfig, tokenizer, backend: str, run_dir: Path) -> tu
         evals = RowSource(cfg.dataset, "eval", tokenizer, cfg.max_seq_length, cfg.assistant_only_loss)
         sources.append(evals)
     if streams(cfg, backend):
-        return train.streaming_dataset(), evals.streaming_dataset() if evals else None, sources
-    train_ds = train.full_dataset(lambda n, total: set_phase(run_dir, "tokenising", n, total))
-    eval_ds = evals.full_dataset(lambda n, total: set_phase(run_dir, "tokenising eval", n, total)) if evals else None
+        train_ds, eval_ds = train.streaming_dataset(), evals.streaming_dataset() if evals else None
+    else:
+        train_ds = train.full_dataset(lambda n, total: set_phase(run_dir, "tokenising", n, total))
+        eval_ds = evals.full_dataset(lambda n, total: set_phase(run_dir, "tokenising eval", n, total)) if evals else None
+    set_phase(run_dir, "building trainer")
     return train_ds, eval_ds, sources
 
 

@@ -35,33 +35,44 @@ from core.paths import iris_home, write_json
 
 CACHE_FORMAT = 1  # bump when the stored columns or their meaning change
 FLUSH_ROWS = 2000  # write the cache every N new rows, so a long first pass survives a kill
+FLUSH_EVERY_S = 30.0  # while training streams rows: a few part files per run, at most 30 s of rows lost to a kill
 
 
 def cache_root() -> Path:
     return iris_home() / "cache" / "tokens"
 
 
-def conversations(name: str, split: str, assistant_only: bool) -> tuple:
-    """(the split's `messages` column as an Arrow array, positions of the rows that can train): rows with no
-    assistant reply are left out when assistant-only. Positions are stable for a version (versions are
-    immutable). Arrow, not pandas: 100k FineTome rows load and filter in about a second, not fifteen."""
-    import numpy as np
-    import pyarrow.compute as pc
+def messages_column(name: str, split: str):
+    """The split's `messages` column as one Arrow array. Arrow, not pandas: 100k FineTome rows load in about a
+    second, not fifteen."""
     import pyarrow.parquet as pq
 
     versions.load_manifest(name)  # raises: the version no longer exists
     path = versions.version_dir(name) / (versions.TRAIN if split == "train" else versions.EVAL)
     if not path.exists():
         raise IrisError(f"dataset version {name!r} has no {split} split: save it with an eval split.")
-    column = pq.read_table(path, columns=["messages"]).column("messages").combine_chunks()
-    if assistant_only:
-        turns = pc.list_flatten(column)
-        replies = pc.and_(pc.equal(turns.field("role"), "assistant"),
-                          pc.greater(pc.utf8_length(pc.fill_null(turns.field("content"), "")), 0))
-        parents = pc.list_parent_indices(column).to_numpy()
-        keep = np.unique(parents[replies.to_numpy(zero_copy_only=False).astype(bool)]).tolist()
-    else:
-        keep = list(range(len(column)))
+    return pq.read_table(path, columns=["messages"]).column("messages").combine_chunks()
+
+
+def trainable_rows(column, assistant_only: bool) -> list[int]:
+    """Positions of the rows that can train: rows with no assistant reply are left out when assistant-only.
+    Positions are stable for a version (versions are immutable)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if not assistant_only:
+        return list(range(len(column)))
+    turns = pc.list_flatten(column)
+    replies = pc.and_(pc.equal(turns.field("role"), "assistant"),
+                      pc.greater(pc.utf8_length(pc.fill_null(turns.field("content"), "")), 0))
+    parents = pc.list_parent_indices(column).to_numpy()
+    return np.unique(parents[replies.to_numpy(zero_copy_only=False).astype(bool)]).tolist()
+
+
+def conversations(name: str, split: str, assistant_only: bool) -> tuple:
+    """(the split's `messages` column, positions of the rows that can train)."""
+    column = messages_column(name, split)
+    keep = trainable_rows(column, assistant_only)
     if not keep:
         raise IrisError(f"dataset version {name!r} ({split}) has no conversation with an assistant reply.")
     return column, keep
@@ -125,6 +136,9 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self.where) + len(self.pending)
 
+    def __contains__(self, row: int) -> bool:
+        return row in self.pending or row in self.where
+
     def get(self, row: int) -> tuple[list, list] | None:
         if row in self.pending:
             return self.pending[row]
@@ -161,17 +175,43 @@ class TokenCache:
 
 
 class RowSource:
-    """One split of a version, tokenised on demand through its cache."""
+    """One split of a version, tokenised on demand through its cache.
+
+    The positions of the rows that can train are kept beside the cache (`keep.npy`), so a run whose rows are
+    all cached never reads the version's conversations (`column` loads them at the first row not cached)."""
 
     def __init__(self, name: str, split: str, tokenizer, max_length: int, assistant_only: bool):
-        self.column, self.keep = conversations(name, split, assistant_only)
+        self.name, self.split, self._column = name, split, None
         self.tokenizer, self.max_length, self.assistant_only = tokenizer, max_length, assistant_only
         folder = cache_root() / cache_key(name, split, tokenizer, max_length, assistant_only)
         self.cache = TokenCache(folder)
+        self.keep = self._trainable_rows(folder / "keep.npy")
         if not (folder / "meta.json").exists():  # what the key stands for, for estimates that look for lengths
-            folder.mkdir(parents=True, exist_ok=True)
             write_json(folder / "meta.json", {"dataset": name, "split": split, "max_length": max_length,
                                               "assistant_only": assistant_only, "rows": len(self.keep)})
+
+    def _trainable_rows(self, path: Path) -> list[int]:
+        import numpy as np
+
+        if path.exists():
+            try:
+                return np.load(path).tolist()
+            except (OSError, ValueError):  # torn or foreign: computed again below
+                pass
+        self._column, keep = conversations(self.name, self.split, self.assistant_only)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".keep-{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(keep, dtype=np.int64))
+        os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+        return keep
+
+    @property
+    def column(self):
+        """The split's conversations, read when a row is not in the cache."""
+        if self._column is None:
+            self._column = messages_column(self.name, self.split)
+        return self._column
 
     def __len__(self) -> int:
         return len(self.keep)
@@ -206,7 +246,7 @@ class RowSource:
         from datasets import Dataset
         from datasets.table import InMemoryTable
 
-        missing = [i for i in range(len(self)) if self.cache.get(self.keep[i]) is None]
+        missing = [i for i in range(len(self)) if self.keep[i] not in self.cache]
         done, last = len(self) - len(missing), 0.0
         for n, i in enumerate(missing):
             self.encode(i)
@@ -223,16 +263,28 @@ class RowSource:
 
 
 def flush_callback(sources: list[RowSource]):
-    """A TrainerCallback that writes the sources' new rows to the cache at every checkpoint and at the end."""
+    """A TrainerCallback that writes the sources' new rows to the cache: at the end of this process's first step
+    (so a run stopped or killed right after it leaves the rows step 1 read cached for the next run), then at most
+    every FLUSH_EVERY_S seconds, at every checkpoint and at the end. Step end comes before the step's loss is
+    logged, so whoever sees a step's loss in metrics.jsonl finds that step's rows in the cache."""
     from transformers import TrainerCallback
 
+    def flush() -> None:
+        for source in sources:
+            source.cache.flush()
+
     class FlushTokens(TrainerCallback):
+        last = 0.0  # time.time() of this process's last flush; 0: none yet, so the first step end flushes
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.time() - self.last >= FLUSH_EVERY_S:
+                flush()
+                self.last = time.time()
+
         def on_save(self, args, state, control, **kwargs):
-            for source in sources:
-                source.cache.flush()
+            flush()
 
         def on_train_end(self, args, state, control, **kwargs):
-            for source in sources:
-                source.cache.flush()
+            flush()
 
     return FlushTokens()
