@@ -58,11 +58,10 @@ def _open_chat(page, url: str) -> None:
     page.get_by_role("heading", name="Chat").first.wait_for(timeout=120_000)
 
 
-def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(tmp_path, monkeypatch):
+def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(home_with_model):
     from playwright.sync_api import expect, sync_playwright
 
-    home = tmp_path / "iris_home"
-    monkeypatch.setenv("IRIS_HOME", str(home))
+    home = home_with_model  # the session's materialised model linked in: `make app` has nothing to materialise
     _plant(home)
     with running_app(home) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -19,13 +19,11 @@ SYSTEM = {"role": "system", "content": "Be brief."}
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, sharp_llama3_dir):
     from core.export.convert import convert_hf
-    from tests.helpers import make_tiny_llama
 
     folder = tmp_path_factory.mktemp("kv")
-    model = make_tiny_llama(folder / "model", tokenizer="llama-3", tie_embeddings=False, init_std=0.3)
-    gguf = convert_hf(model, folder / "tiny-f16.gguf", "f16")
+    gguf = convert_hf(sharp_llama3_dir, folder / "tiny-f16.gguf", "f16")  # conftest's untied init-0.3 Llama-3
     return inference.EngineCache().load(str(gguf))
 
 

@@ -85,12 +85,11 @@ def test_automatic_judge_grades_against_the_reference_and_is_labelled():
     assert scoring.latest_scores(folder) == []  # never mixed into the human scores
 
 
-@pytest.fixture(scope="module")
-def sharp_llama3(tmp_path_factory):
-    """Tiny untied Llama-3 with large weights: clear next-token winners, so a LoRA visibly moves the loss."""
-    from tests.helpers import make_tiny_llama
-
-    return make_tiny_llama(tmp_path_factory.mktemp("sharp_llama3") / "model", tie_embeddings=False, init_std=0.3)
+@pytest.fixture
+def sharp_llama3(sharp_llama3_dir):
+    """Tiny untied Llama-3 with large weights: clear next-token winners, so a LoRA visibly moves the loss
+    (conftest's, built once per session and shared with test_chat_kv)."""
+    return sharp_llama3_dir
 
 
 def test_heldout_loss_of_a_lora_only_export_applies_its_lora(sharp_llama3):

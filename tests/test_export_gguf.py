@@ -16,13 +16,11 @@ from tests.export_helpers import make_run
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def llama3_256(tmp_path_factory) -> Path:
-    """Tiny Llama with the real Llama-3 vocab and rows of 256 (K-quants need multiples of 256)."""
-    from tests.helpers import make_tiny_llama
-
-    return make_tiny_llama(tmp_path_factory.mktemp("llama3_256") / "model", hidden=256, intermediate=512,
-                           heads=4, kv_heads=2)
+@pytest.fixture
+def llama3_256(llama3_256_dir) -> Path:
+    """Tiny Llama with the real Llama-3 vocab and rows of 256 (K-quants need multiples of 256): conftest's,
+    built once per session and shared with the chat and evaluate tests."""
+    return llama3_256_dir
 
 
 def _chat(gguf: Path, lora: Path | None = None) -> str:
@@ -84,9 +82,10 @@ def test_embedded_smollm2_run_exports_q8_0_that_agrees(home_with_model):
     assert meta["general.architecture"] == "llama"
 
 
-def test_lora_only_gguf_is_applied_by_llama_cpp(llama3_256):
-    make_run(runs_dir(), "lo", str(llama3_256), llama3_256, checkpoints=(), final=True)
-    folder = main(ExportConfig(source="lo", quants=["f16"], mode="lora"))
+def test_lora_only_gguf_is_applied_by_llama_cpp(copy_lora_only_export):
+    # conftest's session export: `main(ExportConfig(source="lo", quants=["f16"], mode="lora"))` of a random LoRA
+    # on llama3_256 (shared with test_chat_cli, which only reads it)
+    folder = copy_lora_only_export
     info = read_json(folder / "export.json")
     assert info["lora"] == "lo-lora-f16.gguf" and info["files"] == ["lo-f16.gguf", "lo-lora-f16.gguf"]
     # the reference is base + adapter (peft); llama.cpp applies the LoRA GGUF to the base GGUF
