@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,24 +33,37 @@ def generator():
     return mod
 
 
+BLOCK_ROWS = 100_000  # rows generated at a time: the generator's peak stays that of 100k rows at any size
+
+
 def make_version(home: Path, name: str, n: int) -> list[tuple[int, int]]:
-    """Write n generated rows as a sharded version in 100k-row blocks; return the planted near-dup pairs."""
+    """Write n generated rows as a sharded version, block by block (block b is build_rows(100k, seed=b), its
+    planted copies within the block), so generating 2M rows holds 100k at a time; return the planted
+    near-dup pairs (global rows). A version already in `home` (--home) is reused with its planted.json."""
     import pandas as pd
     import pyarrow as pa
 
     os.environ["IRIS_HOME"] = str(home)
     from core import versions
     from core.data import formats, shards
-    from core.paths import write_json
+    from core.paths import read_json, write_json
 
-    rows, planted = generator().build_rows(n)
     folder = versions.version_dir(name)
-    writer = shards.ShardWriter(folder / versions.TRAIN)
-    for lo in range(0, n, 100_000):
-        df = formats.normalise(pd.DataFrame(rows[lo:lo + 100_000]), keep_broken_roles=True)
+    if (folder / versions.MANIFEST).exists() and (home / f"planted-{name}.json").exists():
+        return [tuple(p) for p in read_json(home / f"planted-{name}.json")]
+    gen = generator()
+    pool = gen.sentence_pool()
+    gen.sentence_pool = lambda: pool  # built once, not once per block
+    writer, planted = shards.ShardWriter(folder / versions.TRAIN), []
+    for b, lo in enumerate(range(0, n, BLOCK_ROWS)):
+        rows, pairs = gen.build_rows(min(BLOCK_ROWS, n - lo), seed=b)
+        planted += [(lo + o, lo + c) for o, c in pairs]
+        df = formats.normalise(pd.DataFrame(rows), keep_broken_roles=True)
+        del rows
         writer.write(pa.Table.from_pandas(df, preserve_index=False))
+        del df
     writer.close()
-    del rows
+    write_json(home / f"planted-{name}.json", planted)
     write_json(folder / versions.MANIFEST, versions.manifest_for(name, "import", {"source": "bench"}, n, 0,
                                                                  ["messages", "source", "score"], [], f"bench-{n}"))
     return planted
@@ -140,8 +154,13 @@ def main() -> None:
     parser.add_argument("--ray-rows", type=int, default=0, help="also run the Ray engine on this many rows (0: no)")
     parser.add_argument("--skip-memory", action="store_true", help="no in-memory baseline")
     parser.add_argument("--page", action="store_true", help="time the Data page opening the --rows version")
+    parser.add_argument("--home", type=Path, help="IRIS_HOME to use and keep (generated versions are reused; "
+                        "outputs of an earlier run there are replaced); default: a fresh temporary folder")
+    parser.add_argument("--engines", default="duckdb,memory,ray", help="which engines to run, comma-separated")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="iris-scale-"))
+    home = args.home or Path(tempfile.mkdtemp(prefix="iris-scale-"))
+    wanted = set(args.engines.split(","))
+    print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
     results = {}
     sizes = sorted({args.rows, args.memory_rows} | ({args.ray_rows} if args.ray_rows else set()))
     for n in sizes:
@@ -149,7 +168,10 @@ def main() -> None:
         print(f"built {n:,} rows ({len(planted):,} planted near-dup pairs)", flush=True)
         engines = (["duckdb"] if n == args.rows else []) + (["memory"] if n == args.memory_rows and not args.skip_memory
                                                              else []) + (["ray"] if n == args.ray_rows else [])
-        for engine in engines:
+        for engine in [e for e in engines if e in wanted]:
+            shutil.rmtree(home / "datasets" / f"out-{engine}-{n}", ignore_errors=True)
+            shutil.rmtree(home / "work", ignore_errors=True)
+            shutil.rmtree(home / "cache", ignore_errors=True)  # cold: the in-memory path caches measurements
             r = run_engine(home, f"gen{n}", engine, f"out-{engine}-{n}")
             r["content_hash"], r["near_recall"] = kept_hash_and_recall(home, r["version"], planted)
             r["us_per_row"], r["cpu_us_per_row"] = r["wall_s"] / n * 1e6, r["cpu_s"] / n * 1e6
