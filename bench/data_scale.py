@@ -178,7 +178,7 @@ def main() -> None:
             results[(engine, n)] = r
             print(f"{engine:>6} {n:>9,} rows: {r['wall_s']:7.1f} s ({r['us_per_row']:.0f} µs/row; CPU {r['cpu_s']:.0f} s, {r['cpu_us_per_row']:.0f} µs/row), peak tree RSS "
                   f"{r['peak_tree_rss_gib']:.2f} GiB, near-dup recall {r['near_recall']:.4f}, kept hash "
-                  f"{r['content_hash'][:16]}", flush=True)
+                  f"{r['content_hash'][:16]}; after it: {os.popen('uptime').read().strip()}", flush=True)
     if args.page:
         page = page_open(home, f"gen{args.rows}")
         print(f"Data page, {args.rows:,}-row version: page 1 in {page['open_s']:.2f} s (goal ≤ 3 s), page 1000 in "
