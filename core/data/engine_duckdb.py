@@ -74,6 +74,11 @@ class LocalRunner:
     def candidates(self, work: Path, near_base: float) -> np.ndarray:
         return duckdb_candidates(work)
 
+    def idle(self) -> None:
+        """Between per-piece passes: end the workers, so they do not hold their memory (tokenizer, language
+        model, the last piece: ≈ 0.5 GiB each) through the passes that run in this process."""
+        self.close()
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
@@ -133,6 +138,7 @@ def measure_pass(all_pieces: list[shards.Piece], work: Path, recipe: DataRecipe,
     progress.start("measure", total, already=total - sum(p.rows for p in todo))
     for out in runner.map(passes.measure_piece, [_piece_task(p, work, recipe) for p in todo]):
         progress.advance(out["rows"])
+    runner.idle()
     progress.done()
 
 
@@ -167,6 +173,7 @@ def verify_pass(all_pieces: list[shards.Piece], pairs: np.ndarray, near_base: fl
     progress.start("verify", len(rows), already=len(rows) - sum(len(t["rows"]) for t in tasks))
     for out in runner.map(passes.verify_piece, tasks):
         progress.advance(out["rows"])
+    runner.idle()
     progress.done()
     sets = _gather_sets(work, rows)
     jac = dedup.jaccard_of_sets(dict(enumerate(sets)), np.searchsorted(left, cand))
