@@ -77,6 +77,50 @@ def test_piece_size_does_not_change_results(iris_home):
     assert_same(out_of_core("small", recipe, runner, 7, "seven"), out_of_core("small", recipe, runner, 10_000, "ten-k"))
 
 
+def test_each_row_is_normalised_and_minhashed_once_out_of_core(iris_home, monkeypatch):
+    from core.data import dedup
+
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    versions.save("small", df.iloc[:300])
+    expected = in_memory("small", default_recipe())
+    calls = {"normalised": 0, "signed": 0}
+    normalise, block = dedup.normalise_text, dedup.signature_block
+
+    def counted_normalise(text):
+        calls["normalised"] += 1
+        return normalise(text)
+
+    def counted_block(sh, sd, n_docs, num_perm=256):
+        calls["signed"] += n_docs
+        return block(sh, sd, n_docs, num_perm)
+
+    monkeypatch.setattr(dedup, "normalise_text", counted_normalise)
+    monkeypatch.setattr(dedup, "signature_block", counted_block)
+    got = out_of_core("small", default_recipe(), engine_duckdb.LocalRunner(1), 100, "once")
+    # the exact-dedup text was normalised twice a row, and verify re-made the signatures of every row in a
+    # candidate pair; now pass 1 does both once and verify reads the signatures it saved
+    assert calls == {"normalised": 300, "signed": 300}
+    assert_same(got, expected)
+
+
+def test_local_workers_end_after_a_piece_pass(iris_home):
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    versions.save("small", df.iloc[:200])
+    work = engine_duckdb.work_dir("idle")
+    engine_duckdb._state(work, "idle")
+    runner = engine_duckdb.LocalRunner(2)
+    try:
+        engine_duckdb.measure_pass(shards.pieces(engine_duckdb.version_files("small"), 100), work, default_recipe(),
+                                   runner, Progress())
+        # idle workers held ≈ 0.5 GiB each through the passes the parent runs alone (2M rows: the tree's peak)
+        assert runner.pool is None
+        assert len(list((work / "measure").glob("piece-*.parquet"))) == 2
+    finally:
+        runner.close()
+
+
 @pytest.mark.slow
 def test_duckdb_engine_matches_memory_on_20k_planted_rows(iris_home, planted_rows):
     path, planted = planted_rows
