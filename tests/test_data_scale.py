@@ -180,6 +180,25 @@ def test_a_shard_that_fails_to_parse_names_file_and_rows_and_saves_nothing(iris_
     assert not versions.exists("out") and not any(p.name.startswith(".tmp-out") for p in folder.parent.iterdir())
 
 
+def test_opening_a_row_of_a_big_version_reads_only_its_shard(iris_home):
+    from core.data import bigview
+
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    folder = versions.version_dir("s")
+    (folder / "train.parquet").unlink()
+    writer = shards.ShardWriter(folder / "train.parquet", shard_rows=1000)
+    import pyarrow as pa
+    writer.write(pa.Table.from_pandas(df, preserve_index=False))
+    writer.close()
+    for row in (0, 999, 1000, len(df) - 1):
+        assert bigview.open_row("s", row) == [dict(m) for m in df["messages"].iat[row]]
+    assert bigview.open_row("s", len(df)) == []
+    broken = folder / "train.parquet" / "part-00002.parquet"
+    broken.write_bytes(broken.read_bytes()[:100])  # another shard unreadable: a scan of every row would fail
+    assert bigview.open_row("s", 5) == [dict(m) for m in df["messages"].iat[5]]
+
+
 def test_not_enough_disk_says_how_much_before_starting(tmp_path):
     from core.paths import free_disk_bytes
 
