@@ -78,23 +78,27 @@ def run_engine(home: Path, version: str, engine: str, out: str) -> dict:
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "core.data", "filter", version, "--recipe", str(recipe), "--name",
-                             out, "--engine", engine], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    peak, root = 0, psutil.Process(proc.pid)
+    log = home / f"{out}.log"  # the CLI's pass lines (rows/s, ETA), readable while it runs
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "core.data", "filter", version, "--recipe", str(recipe),
+                                 "--name", out, "--engine", engine], cwd=ROOT, env=env, stdout=err, stderr=err)
+    peak, root, shown = 0, psutil.Process(proc.pid), time.perf_counter()
     while proc.poll() is None:
         try:
             tree = [root] + root.children(recursive=True)
             peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
         except psutil.Error:
             pass
+        if time.perf_counter() - shown > 60:  # a run cut short by the deadline still leaves its figures
+            shown = time.perf_counter()
+            last = (log.read_text(errors="replace").strip().splitlines() or [""])[-1]
+            print(f"  {engine} {shown - start:6.0f} s, peak tree RSS so far {peak / 2**30:.2f} GiB: {last}", flush=True)
         time.sleep(0.2)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI and the workers it reaped (not Ray's raylet workers)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    stderr = proc.stderr.read()
     if proc.returncode:
-        raise SystemExit(f"{engine} failed:\n{stderr[-3000:]}")
+        raise SystemExit(f"{engine} failed:\n{log.read_text(errors='replace')[-3000:]}")
     return {"engine": engine, "wall_s": wall, "cpu_s": cpu, "peak_tree_rss_gib": peak / 2**30, "version": out}
 
 
