@@ -247,10 +247,14 @@ def test_data_page_browses_searches_and_filters_a_version_over_the_in_memory_thr
 
     store.import_source("sample", "s")
     monkeypatch.setenv("IRIS_INMEMORY_ROWS", "1000")  # the sample's 3,077 rows count as big
+    loads = []
+    load_for_edit = store.load_for_edit
+    monkeypatch.setattr(store, "load_for_edit", lambda *a: loads.append(a) or load_for_edit(*a))
     at = AppTest.from_file("../pages/data.py", default_timeout=300).run()
     at.radio[0].set_value("Saved version").run()
     at.button[0].click().run()
     assert not at.exception, at.exception
+    assert loads == []  # Load read the whole version into the app first (2M rows: minutes and GiBs)
     assert any("queried on disk" in c.value for c in at.caption)
     assert "measure" not in str(at.session_state)  # nothing was loaded or measured in the app
     at.text_input(key="big_query").set_value("capital").run()
