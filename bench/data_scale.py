@@ -1,9 +1,10 @@
 """Benchmark: the default recipe out of core (DuckDB engine, optionally Ray) against the in-memory path.
 
 Run as: .venv/bin/python bench/data_scale.py [--rows 100000] [--memory-rows 100000] [--ray-rows 0] [--skip-memory]
+        [--page] [--engines duckdb,memory,ray] [--home DIR (keeps and reuses the generated versions)]
 
-1. Builds FineTome-shaped rows with planted duplicates (bench/data_pipeline.py's generator) and saves them
-   as a sharded version (core.data.shards.ShardWriter), so no step needs them all in memory.
+1. Builds FineTome-shaped rows with planted duplicates (bench/data_pipeline.py's generator, 100k rows at a
+   time) straight into a sharded version (core.data.shards.ShardWriter): generating 2M rows holds 100k.
 2. Each engine runs `python -m core.data filter` in its own process tree on a cold work folder; a sampler
    adds up the RSS of the whole tree (the CLI, its spawned workers, Ray's processes) every 0.2 s.
 3. Prints wall time, µs per row, peak tree RSS, the kept-row hash of each engine (equal = identical
