@@ -43,6 +43,7 @@ from core.paths import atomic_dir, iris_home, read_json, write_json
 
 DROPPED = "dropped.parquet"  # in a version made out of core: (row of the parent, reason) per dropped row
 MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as dedup.lsh_candidates
+WORK_LAYOUT = 2  # bump when the passes' files change (2: signatures saved by pass 1): older work starts clean
 DUCKDB_MEMORY = os.environ.get("IRIS_DUCKDB_MEMORY", "1GB")  # DuckDB's own limit; it spills to work/duck_tmp past it
 
 
@@ -372,7 +373,8 @@ def filter_big(version: str, recipe: DataRecipe, name: str, eval_fraction: float
     # 2 KiB of MinHash signature a row
     shards.check_disk(iris_home(), shards.split_bytes(files) + n * (bands * 36 + 200 + (2048 if bands else 0)), f"filtering {n:,} rows")
     fraction = recipe.eval_fraction if eval_fraction is None else eval_fraction
-    fingerprint = hashlib.sha1(f"{manifest.get('content_hash')}|{recipe.to_yaml()}|{chunk_rows}".encode()).hexdigest()
+    fingerprint = hashlib.sha1(f"{manifest.get('content_hash')}|{recipe.to_yaml()}|{chunk_rows}|{WORK_LAYOUT}".encode()
+                               ).hexdigest()
     progress, runner = Progress(job_dir), make_runner(engine, workers, address)
     try:
         result = run_recipe(files, recipe, work, runner, progress, chunk_rows, fingerprint)
