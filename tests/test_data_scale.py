@@ -77,6 +77,50 @@ def test_piece_size_does_not_change_results(iris_home):
     assert_same(out_of_core("small", recipe, runner, 7, "seven"), out_of_core("small", recipe, runner, 10_000, "ten-k"))
 
 
+def test_each_row_is_normalised_and_minhashed_once_out_of_core(iris_home, monkeypatch):
+    from core.data import dedup
+
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    versions.save("small", df.iloc[:300])
+    expected = in_memory("small", default_recipe())
+    calls = {"normalised": 0, "signed": 0}
+    normalise, block = dedup.normalise_text, dedup.signature_block
+
+    def counted_normalise(text):
+        calls["normalised"] += 1
+        return normalise(text)
+
+    def counted_block(sh, sd, n_docs, num_perm=256):
+        calls["signed"] += n_docs
+        return block(sh, sd, n_docs, num_perm)
+
+    monkeypatch.setattr(dedup, "normalise_text", counted_normalise)
+    monkeypatch.setattr(dedup, "signature_block", counted_block)
+    got = out_of_core("small", default_recipe(), engine_duckdb.LocalRunner(1), 100, "once")
+    # the exact-dedup text was normalised twice a row, and verify re-made the signatures of every row in a
+    # candidate pair; now pass 1 does both once and verify reads the signatures it saved
+    assert calls == {"normalised": 300, "signed": 300}
+    assert_same(got, expected)
+
+
+def test_local_workers_end_after_a_piece_pass(iris_home):
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    versions.save("small", df.iloc[:200])
+    work = engine_duckdb.work_dir("idle")
+    engine_duckdb._state(work, "idle")
+    runner = engine_duckdb.LocalRunner(2)
+    try:
+        engine_duckdb.measure_pass(shards.pieces(engine_duckdb.version_files("small"), 100), work, default_recipe(),
+                                   runner, Progress())
+        # idle workers held ≈ 0.5 GiB each through the passes the parent runs alone (2M rows: the tree's peak)
+        assert runner.pool is None
+        assert len(list((work / "measure").glob("piece-*.parquet"))) == 2
+    finally:
+        runner.close()
+
+
 @pytest.mark.slow
 def test_duckdb_engine_matches_memory_on_20k_planted_rows(iris_home, planted_rows):
     path, planted = planted_rows
@@ -136,6 +180,25 @@ def test_a_shard_that_fails_to_parse_names_file_and_rows_and_saves_nothing(iris_
     assert not versions.exists("out") and not any(p.name.startswith(".tmp-out") for p in folder.parent.iterdir())
 
 
+def test_opening_a_row_of_a_big_version_reads_only_its_shard(iris_home):
+    from core.data import bigview
+
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    folder = versions.version_dir("s")
+    (folder / "train.parquet").unlink()
+    writer = shards.ShardWriter(folder / "train.parquet", shard_rows=1000)
+    import pyarrow as pa
+    writer.write(pa.Table.from_pandas(df, preserve_index=False))
+    writer.close()
+    for row in (0, 999, 1000, len(df) - 1):
+        assert bigview.open_row("s", row) == [dict(m) for m in df["messages"].iat[row]]
+    assert bigview.open_row("s", len(df)) == []
+    broken = folder / "train.parquet" / "part-00002.parquet"
+    broken.write_bytes(broken.read_bytes()[:100])  # another shard unreadable: a scan of every row would fail
+    assert bigview.open_row("s", 5) == [dict(m) for m in df["messages"].iat[5]]
+
+
 def test_not_enough_disk_says_how_much_before_starting(tmp_path):
     from core.paths import free_disk_bytes
 
@@ -184,10 +247,14 @@ def test_data_page_browses_searches_and_filters_a_version_over_the_in_memory_thr
 
     store.import_source("sample", "s")
     monkeypatch.setenv("IRIS_INMEMORY_ROWS", "1000")  # the sample's 3,077 rows count as big
+    loads = []
+    load_for_edit = store.load_for_edit
+    monkeypatch.setattr(store, "load_for_edit", lambda *a: loads.append(a) or load_for_edit(*a))
     at = AppTest.from_file("../pages/data.py", default_timeout=300).run()
     at.radio[0].set_value("Saved version").run()
     at.button[0].click().run()
     assert not at.exception, at.exception
+    assert loads == []  # Load read the whole version into the app first (2M rows: minutes and GiBs)
     assert any("queried on disk" in c.value for c in at.caption)
     assert "measure" not in str(at.session_state)  # nothing was loaded or measured in the app
     at.text_input(key="big_query").set_value("capital").run()

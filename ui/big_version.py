@@ -11,9 +11,14 @@ from core.errors import IrisError
 from ui.progress import job_panel
 
 
+def is_big_source(source: str | None) -> bool:
+    """A saved version over IRIS_INMEMORY_ROWS rows: queried on disk, never loaded into the app."""
+    return bool(source) and source.startswith("version:") and bigview.is_big(source[8:])
+
+
 def show_if_big(source: str) -> None:
     """Draw the big-version page and stop the script when `source` is such a version; else do nothing."""
-    if not source.startswith("version:") or not bigview.is_big(source[8:]):
+    if not is_big_source(source):
         return
     show(source[8:])
     st.stop()

@@ -105,13 +105,16 @@ def _plain_page(version: str, page: int):
 
 
 def open_row(version: str, row: int) -> list[dict]:
-    rows, params = _rows_sql(version)
-    con = _connect()
-    try:
-        found = con.execute(f"SELECT messages FROM {rows} WHERE row = ?", params + [int(row)]).fetchone()
-    finally:
-        con.close()
-    return [dict(m) for m in found[0]] if found else []
+    """One conversation, read from the one row group that holds it (never a scan: 2M rows open as fast as 3k)."""
+    folder = versions.version_dir(version)
+    at = 0
+    for path in shards.split_files(folder, "train") + shards.split_files(folder, "eval"):
+        n = shards.file_rows(path)
+        if 0 <= row - at < n:
+            frame = shards.piece_frame(shards.Piece(str(path), int(row) - at, 1, int(row)), ["messages"])
+            return [dict(m) for m in frame["messages"].iat[0]]
+        at += n
+    return []
 
 
 def stats_figures(version: str) -> dict:

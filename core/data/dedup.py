@@ -56,6 +56,18 @@ def exact_duplicates(texts: Sequence[str]) -> np.ndarray:
     return first[codes]
 
 
+def exact_keys(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Two 64-bit halves of xxh3-128 of each text's `normalise_text`: equal normalised text, equal key (a
+    collision between different texts is ≈ n² / 2^129: none in any real dataset). The out-of-core engines
+    group rows by this key instead of holding every text, as `exact_duplicates` does."""
+    import xxhash
+
+    digests = [xxhash.xxh3_128_intdigest(normalise_text(t).encode("utf-8", "surrogatepass")) for t in texts]
+    hi = np.fromiter((d >> 64 for d in digests), dtype=np.uint64, count=len(digests))
+    lo = np.fromiter((d & _M64 for d in digests), dtype=np.uint64, count=len(digests))
+    return hi, lo
+
+
 def duplicates_to_drop(clusters: np.ndarray) -> np.ndarray:
     """True for rows that are not the first member of their cluster."""
     clusters = np.asarray(clusters)

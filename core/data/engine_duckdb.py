@@ -11,8 +11,8 @@ Passes (each one's output lives in the work folder IRIS_HOME/work/filter-NAME un
                 of the exact-dedup text and the MinHash LSH band keys (core.data.passes) → measure/, bands/
   2 candidates  DuckDB groups the band keys (spilling to disk past its memory limit) into candidate
                 pairs exactly as dedup.lsh_candidates pairs rows within a bucket → pairs.parquet
-  3 verify      signatures and word-5-gram sets of the rows in candidate pairs only; the same signature
-                pre-check and true Jaccard as the in-memory path → near.parquet
+  3 verify      the in-memory path's signature pre-check on the signatures pass 1 saved, then the
+                word-5-gram sets and true Jaccard of the rows still left only → near.parquet
   4 steps       DuckDB reads the measurements back in row order with each row's exact-duplicate cluster;
                 the recipe's own step loop (filters.run_steps) decides kept rows and reasons
   5 write       kept rows are copied piece by piece into shards of a temporary version folder, renamed
@@ -43,6 +43,7 @@ from core.paths import atomic_dir, iris_home, read_json, write_json
 
 DROPPED = "dropped.parquet"  # in a version made out of core: (row of the parent, reason) per dropped row
 MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as dedup.lsh_candidates
+WORK_LAYOUT = 2  # bump when the passes' files change (2: signatures saved by pass 1): older work starts clean
 DUCKDB_MEMORY = os.environ.get("IRIS_DUCKDB_MEMORY", "1GB")  # DuckDB's own limit; it spills to work/duck_tmp past it
 
 
@@ -73,6 +74,11 @@ class LocalRunner:
 
     def candidates(self, work: Path, near_base: float) -> np.ndarray:
         return duckdb_candidates(work)
+
+    def idle(self) -> None:
+        """Between per-piece passes: end the workers, so they do not hold their memory (tokenizer, language
+        model, the last piece: ≈ 0.5 GiB each) through the passes that run in this process."""
+        self.close()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -133,6 +139,7 @@ def measure_pass(all_pieces: list[shards.Piece], work: Path, recipe: DataRecipe,
     progress.start("measure", total, already=total - sum(p.rows for p in todo))
     for out in runner.map(passes.measure_piece, [_piece_task(p, work, recipe) for p in todo]):
         progress.advance(out["rows"])
+    runner.idle()
     progress.done()
 
 
@@ -140,34 +147,36 @@ def verify_pass(all_pieces: list[shards.Piece], pairs: np.ndarray, near_base: fl
                 progress: Progress, work: Path):
     """Pass 3: the (i, j, jaccard) table of candidate pairs whose true Jaccard reaches `near_base`.
 
-    Workers write the signatures and shingle sets of the rows in candidate pairs to disk; the checks then
-    hold only what each stage needs: the 64 quick bins of those rows, full signatures of the rows left,
-    shingle sets of the rows left after that (dedup.plausible_pairs' two checks, then the true Jaccard)."""
+    dedup.plausible_pairs' two checks run on the signatures pass 1 saved (its first 64 bins of the rows in
+    candidate pairs, then the full signatures of the rows left); only the rows still left are read again,
+    by workers that write their word-5-gram sets, for the true Jaccard. Each step holds only what it needs."""
     import pandas as pd
 
     from core.data import dedup
 
     involved = np.unique(pairs) if len(pairs) else np.zeros(0, dtype=np.int64)
-    offsets = np.array([p.offset for p in all_pieces])
-    which = np.searchsorted(offsets, involved, side="right") - 1
-    (work / passes.VERIFY).mkdir(exist_ok=True)
-    done = {p.name for p in (work / passes.VERIFY).glob("piece-*.npz")}
-    tasks = [{"piece": all_pieces[k].__dict__, "work": str(work), "rows": involved[which == k]}
-             for k in np.unique(which) if f"piece-{all_pieces[k].offset:012d}.npz" not in done]
-    progress.start("verify", len(involved), already=len(involved) - sum(len(t["rows"]) for t in tasks))
-    for out in runner.map(passes.verify_piece, tasks):
-        progress.advance(out["rows"])
-    progress.done()
     cand = np.searchsorted(involved, pairs) if len(pairs) else pairs
-    quick = _gather(work, involved, np.arange(len(involved)), lambda z, at: z["sig"][at, :QUICK_BINS])
+    quick = _gather_signatures(work, involved, slice(0, QUICK_BINS))
     cand = cand[_agree(quick, cand, near_base - PLAUSIBLE_MARGIN - 0.2)]  # dedup.plausible_pairs' quick check
     del quick
     left = np.unique(cand)
-    full = _gather(work, involved, left, lambda z, at: z["sig"][at])
+    full = _gather_signatures(work, involved[left], slice(None))
     cand = cand[_agree(full, np.searchsorted(left, cand), near_base - PLAUSIBLE_MARGIN)]  # and its full check
     del full
     left = np.unique(cand)
-    sets = _gather(work, involved, left, _sets_at, as_list=True)
+    rows = involved[left]
+    offsets = np.array([p.offset for p in all_pieces])
+    which = np.searchsorted(offsets, rows, side="right") - 1
+    (work / passes.VERIFY).mkdir(exist_ok=True)
+    done = {p.name for p in (work / passes.VERIFY).glob("piece-*.npz")}
+    tasks = [{"piece": all_pieces[k].__dict__, "work": str(work), "rows": rows[which == k]}
+             for k in np.unique(which) if f"piece-{all_pieces[k].offset:012d}.npz" not in done]
+    progress.start("verify", len(rows), already=len(rows) - sum(len(t["rows"]) for t in tasks))
+    for out in runner.map(passes.verify_piece, tasks):
+        progress.advance(out["rows"])
+    runner.idle()
+    progress.done()
+    sets = _gather_sets(work, rows)
     jac = dedup.jaccard_of_sets(dict(enumerate(sets)), np.searchsorted(left, cand))
     keep = jac >= near_base
     return pd.DataFrame({"i": involved[cand[keep, 0]], "j": involved[cand[keep, 1]], "jaccard": jac[keep]})
@@ -185,32 +194,30 @@ def _agree(sig: np.ndarray, pairs: np.ndarray, floor: float) -> np.ndarray:
     return keep
 
 
-def _sets_at(z, at: np.ndarray) -> list[np.ndarray]:
-    values, offsets = z["set_values"], z["set_offsets"]  # each npz key read once: it loads the whole array
-    return [values[offsets[k]:offsets[k + 1]] for k in at]
+def _gather_signatures(work: Path, rows: np.ndarray, bins: slice) -> np.ndarray:
+    """Bins `bins` of the saved signatures of `rows` (sorted global rows), piece file by piece file (each
+    memory-mapped and let go: only the rows asked for are copied)."""
+    out = None
+    for path in sorted((work / passes.SIGS).glob("piece-*.npy")):
+        sig = np.load(path, mmap_mode="r")
+        first = int(path.stem.split("-")[1])
+        lo, hi = np.searchsorted(rows, [first, first + len(sig)])
+        if out is None:
+            out = np.empty((len(rows), sig[:, bins].shape[1]), dtype=np.uint64)
+        if hi > lo:
+            out[lo:hi] = sig[rows[lo:hi] - first, bins]
+        del sig
+    return out if out is not None else np.zeros((len(rows), 0), dtype=np.uint64)
 
 
-def _gather(work: Path, involved: np.ndarray, wanted: np.ndarray, take: Callable, as_list: bool = False):
-    """take(npz, positions) of the `wanted` entries (indices into `involved`), piece file by piece file,
-    stacked in `wanted` order."""
-    parts, order = [], []
-    wanted_rows = involved[wanted]
+def _gather_sets(work: Path, rows: np.ndarray) -> list[np.ndarray]:
+    """The word-5-gram sets verify_piece wrote for `rows` (sorted global rows), in that order."""
+    out: list = [None] * len(rows)
     for path in sorted((work / passes.VERIFY).glob("piece-*.npz")):
         with np.load(path) as z:
-            rows = z["rows"]
-            hit = np.flatnonzero(np.isin(rows, wanted_rows))
-            if len(hit):
-                parts.append(take(z, hit))
-                order.append(np.searchsorted(wanted_rows, rows[hit]))
-    if as_list:
-        out: list = [None] * len(wanted)
-        for at, part in zip(order, parts):
-            for k, v in zip(at, part):
-                out[k] = v
-        return out
-    out = np.empty((len(wanted), parts[0].shape[1] if parts else 0), dtype=np.uint64)
-    for at, part in zip(order, parts):
-        out[at] = part
+            values, offsets = z["set_values"], z["set_offsets"]  # each npz key read once: it loads the whole array
+            for k, row in enumerate(z["rows"]):
+                out[int(np.searchsorted(rows, row))] = values[offsets[k]:offsets[k + 1]]
     return out
 
 
@@ -276,7 +283,7 @@ def _state(work: Path, fingerprint: str) -> dict:
     state = read_json(work / "state.json", default=None)
     if not state or state.get("fingerprint") != fingerprint:
         shutil.rmtree(work, ignore_errors=True)
-        for sub in (passes.MEASURE, passes.BANDS):
+        for sub in (passes.MEASURE, passes.BANDS, passes.SIGS):
             (work / sub).mkdir(parents=True, exist_ok=True)
         state = {"fingerprint": fingerprint, "passes": [], "started": time.time()}
         write_json(work / "state.json", state)
@@ -362,10 +369,12 @@ def filter_big(version: str, recipe: DataRecipe, name: str, eval_fraction: float
     work = work_dir(name)
     n = sum(shards.file_rows(f) for f in files)
     bands = passes.band_plan(near_base_of(recipe))[0] if near_base_of(recipe) is not None else 0
-    # input again for the output, band keys twice (files and DuckDB's spill), ≈ 200 B of measurements a row
-    shards.check_disk(iris_home(), shards.split_bytes(files) + n * (bands * 36 + 200), f"filtering {n:,} rows")
+    # input again for the output, band keys twice (files and DuckDB's spill), ≈ 200 B of measurements a row,
+    # 2 KiB of MinHash signature a row
+    shards.check_disk(iris_home(), shards.split_bytes(files) + n * (bands * 36 + 200 + (2048 if bands else 0)), f"filtering {n:,} rows")
     fraction = recipe.eval_fraction if eval_fraction is None else eval_fraction
-    fingerprint = hashlib.sha1(f"{manifest.get('content_hash')}|{recipe.to_yaml()}|{chunk_rows}".encode()).hexdigest()
+    fingerprint = hashlib.sha1(f"{manifest.get('content_hash')}|{recipe.to_yaml()}|{chunk_rows}|{WORK_LAYOUT}".encode()
+                               ).hexdigest()
     progress, runner = Progress(job_dir), make_runner(engine, workers, address)
     try:
         result = run_recipe(files, recipe, work, runner, progress, chunk_rows, fingerprint)

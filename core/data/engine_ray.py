@@ -106,6 +106,9 @@ class RayRunner:
         pairs = np.concatenate([np.zeros((0, 2), dtype=np.int64)] + parts)
         return np.unique(pairs, axis=0) if len(pairs) else pairs
 
+    def idle(self) -> None:
+        """Ray keeps its workers between passes (it bounds their memory itself)."""
+
     def close(self) -> None:
         import ray
 

@@ -136,9 +136,11 @@ def measure(df, tokenizer_id: str | None = "llama-3", timings: dict | None = Non
     return out
 
 
-def text_measurements(df, timings: dict | None = None, signatures: list | None = None):
+def text_measurements(df, timings: dict | None = None, signatures: list | None = None, keys: bool = False):
     """Every measurement but tokens; with `signatures` (a list), also appends the rows' MinHash
-    signatures for near_pairs, from the same word hashes as the repetition ratio (one pass over the text)."""
+    signatures for near_pairs, from the same word hashes as the repetition ratio (one pass over the text).
+    With `keys`, the exact-dedup text's 128-bit key (`exact_hi`, `exact_lo`: dedup.exact_keys) instead of
+    `exact_cluster`: what the out-of-core engines group by (each text is still normalised once)."""
     import pandas as pd
 
     def timed(label, fn):
@@ -159,7 +161,10 @@ def text_measurements(df, timings: dict | None = None, signatures: list | None =
     })
     lang = timed("language", lambda: languages(msgs))
     out["lang"], out["lang_score"] = lang
-    out["exact_cluster"] = timed("exact_dedup", functools.partial(dedup.exact_duplicates, texts))
+    if keys:
+        out["exact_hi"], out["exact_lo"] = timed("exact_dedup", functools.partial(dedup.exact_keys, texts))
+    else:
+        out["exact_cluster"] = timed("exact_dedup", functools.partial(dedup.exact_duplicates, texts))
     del texts
     rep, sig = timed("repetition" if signatures is None else "repetition+near_signatures",
                      lambda: word_measurements(msgs, signatures is not None))
