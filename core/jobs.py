@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.errors import IrisError, redact
-from core.paths import REPO_ROOT, read_json, write_json
+from core.paths import REPO_ROOT, disk_full_error, is_disk_full, read_json, write_json
 
 STATUS = "status.json"
 STOP_FILE = "STOP"
@@ -74,11 +74,20 @@ def update_status(job_dir: Path, **fields: Any) -> dict:
     return status
 
 
-def mark_failed(job_dir: Path, err: BaseException) -> None:
-    """Record why a job ended: a user error's own sentence, or the exception's type and text."""
+def mark_failed(job_dir: Path, err: BaseException, needs: int | None = None) -> None:
+    """Record why a job ended: a user error's own sentence, the disk-full sentence (`needs`: bytes the job
+    needed, when known), or the exception's type and text."""
+    if is_disk_full(err) and not isinstance(err, IrisError):
+        err = disk_full_error(Path(job_dir), f"{Path(job_dir).name} (writing {_written_by(err)})", needs)
     error = str(err) if isinstance(err, IrisError) else f"{type(err).__name__}: {err}"
     error = redact(error)  # a library's message may quote a token it was given
     update_status(job_dir, state="failed", error=error, message="failed")
+
+
+def _written_by(err: BaseException) -> str:
+    """The file a full disk stopped, when the error names one, else 'its files'."""
+    name = getattr(err, "filename", None)
+    return Path(name).name if name else "its files"
 
 
 def pid_alive(pid: int | None) -> bool:
