@@ -119,6 +119,36 @@ def read_status(job_dir: Path) -> dict:
     return status
 
 
+# where each kind of job keeps its folder under IRIS_HOME, and the page that watches it
+JOB_KINDS = (("training run", "runs", "*", "train"), ("export", "exports", "*", "export"),
+             ("evaluation", "evals", "*", "evaluate"), ("data filter", "work", "job-filter-*", "data"))
+
+
+def active_jobs() -> list[dict]:
+    """Every job queued, running or stopping now, of every kind (training runs, exports, evaluations, data
+    filter jobs), read from their folders: an app started after them finds them all. Each is {kind, name,
+    state, progress, page, path}; a job whose process is gone is `died`, so it is not listed."""
+    from core.paths import iris_home
+
+    out = []
+    for kind, sub, pattern, page in JOB_KINDS:
+        root = iris_home() / sub
+        for folder in sorted(root.glob(pattern)) if root.is_dir() else []:
+            if not (folder / STATUS).is_file():
+                continue
+            status = read_status(folder)
+            if status.get("state") in ACTIVE:
+                out.append({"kind": kind, "name": folder.name.removeprefix("job-filter-"),
+                            "state": status["state"], "progress": progress_line(status)[1], "page": page,
+                            "path": str(folder)})
+    return out
+
+
+def active_job(kind: str) -> dict | None:
+    """The first active job of `kind` (see `active_jobs`), for pages that reattach to it after a restart."""
+    return next((j for j in active_jobs() if j["kind"] == kind), None)
+
+
 def request_stop(job_dir: Path) -> None:
     """Ask a job to stop gracefully: it finishes the current step, saves, and exits."""
     (Path(job_dir) / STOP_FILE).write_text(str(time.time()))

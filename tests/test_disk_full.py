@@ -110,3 +110,24 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_complete_one(small
     assert status["state"] == "completed" and status["resumed_from"] == "checkpoint-2"
     assert runs.list_checkpoints(run_dir) == [2, 4, 6]
     assert _hashes(run_dir / "checkpoints" / "checkpoint-2") == kept
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_writing_a_gguf_leaves_no_gguf_and_the_old_one_untouched(small_disk, tiny_llama3_dir,
+                                                                                     tmp_path):
+    from core.export import convert
+
+    f16 = convert.convert_hf(tiny_llama3_dir, tmp_path / "tiny-f16.gguf")  # ≈ 17 MB, on the roomy disk
+    disk = small_disk(6)
+    exports = disk / "exports" / "tiny"
+    exports.mkdir(parents=True)
+    old = exports / "older-q8_0.gguf"
+    old.write_bytes(os.urandom(1_000_000))
+    before = _hashes(exports)
+    with pytest.raises(IrisError) as caught:
+        convert.quantize(f16, exports / "tiny-q8_0.gguf", "q8_0")  # ≈ 9 MB into the 5 MB left
+    assert str(caught.value).startswith("the disk is full: quantizing to tiny-q8_0.gguf needs more than "), caught.value
+    with pytest.raises(IrisError) as caught:
+        convert.convert_hf(tiny_llama3_dir, exports / "tiny-f16.gguf")
+    assert str(caught.value).startswith("the disk is full: converting to GGUF (tiny-f16.gguf), "), caught.value
+    assert _hashes(exports) == before  # no new GGUF, no partial .tmp, the older export as it was
