@@ -151,10 +151,11 @@ def active_job(kind: str) -> dict | None:
 
 def request_stop(job_dir: Path) -> None:
     """Ask a job to stop gracefully: it finishes the current step, saves, and exits."""
-    (Path(job_dir) / STOP_FILE).write_text(str(time.time()))
-    status = read_status(job_dir)
-    if status.get("state") in ACTIVE:
+    # 'stopping' first, then the STOP file: the other way round a job that stops at once wrote 'stopped' and
+    # exited before this wrote 'stopping' over it, and then read as died
+    if read_status(job_dir).get("state") in ACTIVE:
         update_status(job_dir, state="stopping")
+    (Path(job_dir) / STOP_FILE).write_text(str(time.time()))
 
 
 def stop_requested(job_dir: Path) -> bool:
