@@ -74,11 +74,11 @@ def update_status(job_dir: Path, **fields: Any) -> dict:
     return status
 
 
-def mark_failed(job_dir: Path, err: BaseException, needs: int | None = None) -> None:
-    """Record why a job ended: a user error's own sentence, the disk-full sentence (`needs`: bytes the job
-    needed, when known), or the exception's type and text."""
+def mark_failed(job_dir: Path, err: BaseException) -> None:
+    """Record why a job ended: a user error's own sentence, the disk-full sentence when a writer ran out of
+    space (core.paths.disk_full_error), or the exception's type and text."""
     if is_disk_full(err) and not isinstance(err, IrisError):
-        err = disk_full_error(Path(job_dir), f"{Path(job_dir).name} (writing {_written_by(err)})", needs)
+        err = disk_full_error(Path(job_dir), f"{Path(job_dir).name} (writing {_written_by(err)})")
     error = str(err) if isinstance(err, IrisError) else f"{type(err).__name__}: {err}"
     error = redact(error)  # a library's message may quote a token it was given
     update_status(job_dir, state="failed", error=error, message="failed")
