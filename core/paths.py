@@ -193,8 +193,8 @@ def disk_full_error(where: Path, what: str, needs: int | None = None, at_least: 
     """The one sentence for a full disk: what needed space, about how much (bytes; `at_least` when only the
     part written before the disk ran out is known), and how much is free now on the disk holding `where`."""
     free = free_disk_bytes(where)
-    need = "" if needs is None else f" needs {'more than' if at_least else 'about'} {needs / 1e6:,.1f} MB,"
-    return IrisError(f"the disk is full: {what}{need} {free / 1e6:,.1f} MB free on the disk holding {where}. "
+    need = "" if needs is None else f" needs {'more than' if at_least else 'about'} {needs / 1e6:,.1f} MB"
+    return IrisError(f"the disk is full: {what}{need}, {free / 1e6:,.1f} MB free on the disk holding {where}. "
                      "Free some space, then try again.")
 
 

@@ -131,3 +131,25 @@ def test_a_full_disk_while_writing_a_gguf_leaves_no_gguf_and_the_old_one_untouch
         convert.convert_hf(tiny_llama3_dir, exports / "tiny-f16.gguf")
     assert str(caught.value).startswith("the disk is full: converting to GGUF (tiny-f16.gguf), "), caught.value
     assert _hashes(exports) == before  # no new GGUF, no partial .tmp, the older export as it was
+
+
+def test_a_job_that_dies_of_a_full_disk_records_the_sentence_not_the_exception(small_disk):
+    """Whatever writer a job's last error came from, its status says 'the disk is full' (Train, Export,
+    Evaluate and Data show status errors as they are)."""
+    from core import jobs
+
+    disk = small_disk(1)
+    job = disk / "runs" / "r"
+    job.mkdir(parents=True)
+    try:
+        with open(disk / "fill.bin", "wb") as f:
+            f.write(b"\0" * 2_000_000)
+    except OSError as err:  # the real ENOSPC, as a job would get it
+        try:
+            raise RuntimeError("saving model.safetensors failed") from err
+        except RuntimeError as wrapped:
+            (disk / "fill.bin").unlink()
+            jobs.mark_failed(job, wrapped)
+    status = jobs.read_status(job)
+    assert status["state"] == "failed"
+    assert status["error"].startswith("the disk is full: r (writing its files), ") and "MB free" in status["error"]
