@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.errors import IrisError, redact
-from core.paths import REPO_ROOT, read_json, write_json
+from core.paths import REPO_ROOT, disk_full_error, is_disk_full, read_json, write_json
 
 STATUS = "status.json"
 STOP_FILE = "STOP"
@@ -75,10 +75,19 @@ def update_status(job_dir: Path, **fields: Any) -> dict:
 
 
 def mark_failed(job_dir: Path, err: BaseException) -> None:
-    """Record why a job ended: a user error's own sentence, or the exception's type and text."""
+    """Record why a job ended: a user error's own sentence, the disk-full sentence when a writer ran out of
+    space (core.paths.disk_full_error), or the exception's type and text."""
+    if is_disk_full(err) and not isinstance(err, IrisError):
+        err = disk_full_error(Path(job_dir), f"{Path(job_dir).name} (writing {_written_by(err)})")
     error = str(err) if isinstance(err, IrisError) else f"{type(err).__name__}: {err}"
     error = redact(error)  # a library's message may quote a token it was given
     update_status(job_dir, state="failed", error=error, message="failed")
+
+
+def _written_by(err: BaseException) -> str:
+    """The file a full disk stopped, when the error names one, else 'its files'."""
+    name = getattr(err, "filename", None)
+    return Path(name).name if name else "its files"
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -110,12 +119,43 @@ def read_status(job_dir: Path) -> dict:
     return status
 
 
+# where each kind of job keeps its folder under IRIS_HOME, and the page that watches it
+JOB_KINDS = (("training run", "runs", "*", "train"), ("export", "exports", "*", "export"),
+             ("evaluation", "evals", "*", "evaluate"), ("data filter", "work", "job-filter-*", "data"))
+
+
+def active_jobs() -> list[dict]:
+    """Every job queued, running or stopping now, of every kind (training runs, exports, evaluations, data
+    filter jobs), read from their folders: an app started after them finds them all. Each is {kind, name,
+    state, progress, page, path}; a job whose process is gone is `died`, so it is not listed."""
+    from core.paths import iris_home
+
+    out = []
+    for kind, sub, pattern, page in JOB_KINDS:
+        root = iris_home() / sub
+        for folder in sorted(root.glob(pattern)) if root.is_dir() else []:
+            if not (folder / STATUS).is_file():
+                continue
+            status = read_status(folder)
+            if status.get("state") in ACTIVE:
+                out.append({"kind": kind, "name": folder.name.removeprefix("job-filter-"),
+                            "state": status["state"], "progress": progress_line(status)[1], "page": page,
+                            "path": str(folder)})
+    return out
+
+
+def active_job(kind: str) -> dict | None:
+    """The first active job of `kind` (see `active_jobs`), for pages that reattach to it after a restart."""
+    return next((j for j in active_jobs() if j["kind"] == kind), None)
+
+
 def request_stop(job_dir: Path) -> None:
     """Ask a job to stop gracefully: it finishes the current step, saves, and exits."""
-    (Path(job_dir) / STOP_FILE).write_text(str(time.time()))
-    status = read_status(job_dir)
-    if status.get("state") in ACTIVE:
+    # 'stopping' first, then the STOP file: the other way round a job that stops at once wrote 'stopped' and
+    # exited before this wrote 'stopping' over it, and then read as died
+    if read_status(job_dir).get("state") in ACTIVE:
         update_status(job_dir, state="stopping")
+    (Path(job_dir) / STOP_FILE).write_text(str(time.time()))
 
 
 def stop_requested(job_dir: Path) -> bool:

@@ -168,12 +168,51 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+# what writers say when the file system is full: errno 28 from Python, Arrow ("[errno 28] No space left on
+# device"), safetensors' Rust error ("StorageFull"), a llama.cpp tool's last log line
+_DISK_FULL = re.compile(r"No space left on device|StorageFull|errno 28\b|Disk quota exceeded", re.IGNORECASE)
+
+
+def is_disk_full(err: BaseException | str | None) -> bool:
+    """Did `err` (or an exception it was raised from) come from a full disk? A string is a log line or message."""
+    import errno
+
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, str):
+            return bool(_DISK_FULL.search(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if _DISK_FULL.search(str(err)):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def disk_full_error(where: Path, what: str, needs: int | None = None, at_least: bool = False) -> IrisError:
+    """The one sentence for a full disk: what needed space, about how much (bytes; `at_least` when only the
+    part written before the disk ran out is known), and how much is free now on the disk holding `where`."""
+    free = free_disk_bytes(where)
+    need = "" if needs is None else f" needs {'more than' if at_least else 'about'} {needs / 1e6:,.1f} MB"
+    return IrisError(f"the disk is full: {what}{need}, {free / 1e6:,.1f} MB free on the disk holding {where}. "
+                     "Free some space, then try again.")
+
+
+def tree_bytes(folder: Path) -> int:
+    """Bytes in the files under `folder` (0 when it is gone)."""
+    folder = Path(folder)
+    if folder.is_file():
+        return folder.stat().st_size
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
 @contextlib.contextmanager
-def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: Path, overwrite: bool = False, what: str | None = None) -> Iterator[Path]:
     """Build a folder under a hidden temporary name and rename it into place only if the block succeeds.
 
     A failure (or a kill) leaves at most a `.tmp-*` folder, which listings ignore, and never a
-    partial `final`. Existing folders are refused unless `overwrite`.
+    partial `final`. Existing folders are refused unless `overwrite`. A full disk while the block writes
+    becomes one IrisError (`disk_full_error`) naming `what` was saved (default: the folder's name).
     """
     final = Path(final)
     if final.exists() and not overwrite:
@@ -185,8 +224,11 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         if final.exists() and overwrite:
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
+        written = tree_bytes(tmp) if is_disk_full(err) and not isinstance(err, IrisError) else None
         shutil.rmtree(tmp, ignore_errors=True)
+        if written is not None:
+            raise disk_full_error(final.parent, f"saving {what or final.name}", written, at_least=True) from err
         raise
 
 

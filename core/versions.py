@@ -119,7 +119,7 @@ def save(name: str, train, *, eval_df=None, recipe: Any = None, kind: str = "imp
     manifest = manifest_for(name, kind, parent, int(len(train)), int(len(eval_df)) if eval_df is not None else 0,
                             list(train.columns), steps, content_hash(train if eval_df is None else _concat(train, eval_df)),
                             extra)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, what=f"dataset version {name!r}") as tmp:
         train.to_parquet(tmp / TRAIN, index=False)
         if eval_df is not None and len(eval_df):
             eval_df.to_parquet(tmp / EVAL, index=False)

@@ -68,6 +68,8 @@ with t_plan:
     if not plans:
         st.info("No plans yet.")
     else:
+        if "run_pick" not in st.session_state and (running := jobs.active_job("evaluation")) and running["name"] in plans:
+            st.session_state["run_pick"] = running["name"]  # a fresh session (an app restart) reattaches to it
         pick = st.selectbox("Plan", plans, key="run_pick")
 
         def resume(status: dict) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import lineage
+from core import jobs, lineage
 from core.access import check_hub_repo
 from core.errors import IrisError
 from core.export import study as quant_study
@@ -131,6 +131,8 @@ def exports_list() -> None:
 
 
 export_form()
+if not st.session_state.get("export_dir") and (running := jobs.active_job("export")):
+    st.session_state["export_dir"] = running["path"]  # a fresh session (an app restart) reattaches to it
 if st.session_state.get("export_dir"):
     st.subheader(f"Export {Path(st.session_state['export_dir']).name}")
     job_panel(st.session_state["export_dir"], unit="steps", graceful_stop=False, stop_label="Stop export")

@@ -4,7 +4,7 @@ from urllib.parse import quote
 import pandas as pd
 import streamlit as st
 
-from core import lineage, serve
+from core import jobs, lineage, serve
 from core.paths import iris_home
 
 st.title("Iris")
@@ -23,6 +23,13 @@ cols[1].metric("Training runs", len(s["runs"]))
 finished = [e for e in s["exports"] if e["complete"]]  # what the lineage graph draws; died/running ones aside
 cols[2].metric("Exports", len(finished), help=f"{len(s['exports']) - len(finished)} more not finished (running, failed or died)")
 cols[3].metric("Local models", len(s["models"]))
+
+running = jobs.active_jobs()  # from the job folders: still there after an app restart
+if running:
+    st.subheader("Running now")
+    st.dataframe(pd.DataFrame([{"kind": j["kind"], "name": j["name"], "state": j["state"], "progress": j["progress"],
+                                "open": f"/{j['page']}"} for j in running]), hide_index=True, width="stretch",
+                 column_config={"open": st.column_config.LinkColumn()}, key="running-jobs")
 
 st.subheader("Lineage")
 edges = lineage.graph_edges(s)

@@ -101,7 +101,8 @@ with watch:
         st.info("No runs yet.")
     else:
         run_names = [r["run"] for r in all_runs]
-        st.session_state.setdefault("run", st.query_params.get("run"))  # /train?run=NAME: Home's links
+        running = next((r["run"] for r in all_runs if r["state"] in jobs.ACTIVE), None)  # reattach after a restart
+        st.session_state.setdefault("run", st.query_params.get("run") or running)  # /train?run=NAME: Home's links
         chosen = st.selectbox("Run", run_names, index=run_names.index(st.session_state["run"])
                               if st.session_state.get("run") in run_names else 0)
 

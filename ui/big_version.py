@@ -3,7 +3,7 @@ statistics and the funnel from DuckDB queries over its shards (core.data.bigview
 background job (core.data.bigdata) whose progress, rows/s and ETA survive closing the browser."""
 import streamlit as st
 
-from core import versions
+from core import jobs, versions
 from core.data import bigdata, bigview
 from core.data import view as data_view
 from core.data.filters import default_recipe
@@ -72,5 +72,7 @@ def _filter_job(version: str) -> None:
             st.session_state.big_job = name
         except IrisError as err:
             st.error(str(err))
+    if not st.session_state.get("big_job") and (running := jobs.active_job("data filter")):
+        st.session_state.big_job = running["name"]  # a fresh session (an app restart) reattaches to it
     if st.session_state.get("big_job"):
         job_panel(bigdata.job_dir(st.session_state.big_job), unit="rows")

@@ -1,6 +1,8 @@
 """Held-out loss and perplexity of a model on a dataset version's eval split, no human needed.
 
-Each conversation (canonical `messages`) is rendered with the model's own chat template and scored
+Each conversation (canonical `messages`) is rendered with the model's own chat template — only the template's
+structure as control tokens, message text as plain text, as training tokenises it (`core.inference.chat_tokens`)
+— and scored
 token by token: loss = mean negative log-likelihood (nats per token) over every token after the
 first, pooled over all rows; perplexity = exp(loss). Lower is better; compare models only on the
 same dataset version, and across tokenizers with care (a bigger vocabulary means fewer, harder tokens).
@@ -46,6 +48,8 @@ def hf_perplexity(model_dir: str | Path, conversations: list[list[dict]], adapte
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core.inference.chat_tokens import tokenize_chat
+
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(adapter or model_dir)
     if not tokenizer.chat_template:
@@ -59,8 +63,7 @@ def hf_perplexity(model_dir: str | Path, conversations: list[list[dict]], adapte
     nll_sum, tokens = 0.0, 0
     with torch.no_grad():
         for messages in conversations:
-            text = tokenizer.apply_chat_template(messages, tokenize=False)
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[:, :max_tokens]
+            ids = torch.tensor([tokenize_chat(tokenizer, messages, add_generation_prompt=False)[:max_tokens]])
             if ids.shape[1] < 2:
                 continue
             logits = model(input_ids=ids).logits[0, :-1].float()
@@ -100,16 +103,23 @@ def gguf_perplexity(gguf_path: str | Path, conversations: list[list[dict]], max_
     import numpy as np
     from llama_cpp import Llama
 
+    from core.inference.chat_tokens import protect, tokenize_protected
     from core.inference.engine import cpu_threads
+    from core.inference.engine_gguf import _control_tokens
 
     started = time.perf_counter()
     llm = Llama(str(gguf_path), lora_path=str(lora) if lora else None, n_ctx=max_tokens, n_batch=max_tokens,
                 logits_all=True, n_threads=cpu_threads(), verbose=False)
     nll_sum, tokens = 0.0, 0
+    specials = _control_tokens(llm)
+
+    def plain(text: str) -> list[int]:
+        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
     try:
-        for messages in conversations:
-            text = _render_gguf_template(llm, messages)
-            ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)[:max_tokens]
+        for messages in conversations:  # message text stays text: only the template's structure is control tokens
+            text = _render_gguf_template(llm, protect(messages, specials))
+            ids = tokenize_protected(text, specials, plain)[:max_tokens]
             if len(ids) < 2:
                 continue
             llm.reset()

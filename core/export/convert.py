@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 
 from core.errors import IrisError
+from core.paths import disk_full_error, free_disk_bytes, is_disk_full
 
 QUANT_BUF_BYTES = 64 * 1024**2  # rows of one tensor kept in memory while quantizing
+DISK_SLACK_BYTES = 64 * 1024**2  # a failed quantize with less free than this beside its output ran out of disk
 TRIM_EVERY_S = 0.5  # how often a running llama.cpp script's free heap pages are returned to the OS
 
 
@@ -39,8 +41,9 @@ def run_merge(base_dir: Path, adapter_dir: Path, out: Path, dtype: str = "f16") 
     return json.loads(lines[-1])
 
 
-def _run_tool(argv: list[str], what: str) -> list[str]:
-    """Run a llama.cpp script, echoing its output into our log; one IrisError sentence on failure."""
+def _run_tool(argv: list[str], what: str, out: Path | None = None) -> list[str]:
+    """Run a llama.cpp script, echoing its output into our log; one IrisError sentence on failure (the
+    disk-full one when the script ran out of space writing `out`)."""
     from core.llamacpp import tools
     from core.paths import REPO_ROOT
 
@@ -59,6 +62,8 @@ def _run_tool(argv: list[str], what: str) -> list[str]:
         last = tail[-1] if tail else ""
         if last.startswith("error: "):  # an IrisError from our own CLI (python -m core.export.merge)
             raise IrisError(last.removeprefix("error: "))
+        if is_disk_full(text):
+            raise disk_full_error(Path(out).parent if out else Path.cwd(), what + (f" ({Path(out).name})" if out else ""))
         if "pre-tokenizer was not recognized" in text:
             raise IrisError(f"{what}: llama.cpp does not recognise this model's tokenizer (BPE pre-tokenizer); "
                             "export a model whose tokenizer llama.cpp knows (Llama-3, SmolLM2, ...).")
@@ -162,7 +167,7 @@ def convert_hf(model_dir: Path, out: Path, outtype: str = "f16", after: Path | N
     wait = ["--after", str(after)] if after else []
     try:
         _run_tool(script_argv(*wait, tools().convert_hf, model_dir, "--outfile", tmp, "--outtype", outtype),
-                  "converting to GGUF")
+                  "converting to GGUF", out)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -177,7 +182,7 @@ def convert_lora(adapter_dir: Path, base_dir: Path, out: Path, outtype: str = "f
     tmp.unlink(missing_ok=True)
     try:
         _run_tool(script_argv(tools().convert_lora, "--base", base_dir, "--outfile", tmp, "--outtype", outtype,
-                              adapter_dir), "converting the LoRA adapter to GGUF")
+                              adapter_dir), "converting the LoRA adapter to GGUF", out)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -202,6 +207,9 @@ def quantize(src: Path, out: Path, quant: str, threads: int = 0) -> Path:
         sys.stdout.flush()
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0 or not tmp.exists():
+            written = tmp.stat().st_size if tmp.exists() else 0
+            if free_disk_bytes(out.parent) < DISK_SLACK_BYTES:  # llama.cpp says only "failed": look at the disk
+                raise disk_full_error(out.parent, f"quantizing to {out.name}", written, at_least=True)
             raise IrisError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}); see the job log.")
         os.replace(tmp, out)
     finally:

@@ -165,6 +165,26 @@ def drop_torn_checkpoints(run_dir: Path) -> list[str]:
     return [p.name for p in torn]
 
 
+def disk_full(run_dir: Path, err: BaseException) -> BaseException:
+    """What a run that hit a full disk raises: the disk-full IrisError when `err` came from one (the torn
+    checkpoint it was writing is removed first, so the space comes back and the last complete checkpoint is
+    what a resume picks), else `err` itself."""
+    from core.paths import disk_full_error, is_disk_full, tree_bytes
+
+    if not is_disk_full(err) or isinstance(err, IrisError):
+        return err
+    folder = Path(run_dir) / CHECKPOINTS
+    torn = sorted(p for p in folder.glob("checkpoint-*") if p.is_dir() and not (p / COMPLETE).exists())
+    written = sum(tree_bytes(p) for p in torn)
+    drop_torn_checkpoints(run_dir)
+    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).exists()]
+    last = max(done, key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1, default=None)
+    what = f"saving {torn[-1].name if torn else 'a checkpoint'} of run {Path(run_dir).name}"
+    if last is not None:  # a checkpoint needs about what the previous one took
+        return disk_full_error(folder, what, tree_bytes(last))
+    return disk_full_error(folder if folder.exists() else Path(run_dir), what, written or None, at_least=True)
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep metric lines up to `step`: after a resume the curve continues instead of repeating."""
     if not path.exists():

@@ -193,7 +193,7 @@ def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None 
         jobs.update_status(run_dir, state="running", pid=os.getpid(), error=None, message="starting")
         set_phase(run_dir, "importing libraries")
     backend, why = backends.choose(cfg)  # first: unsloth must be imported before transformers and trl
-    from core.train.callbacks import IrisCallback, drop_torn_checkpoints, truncate_metrics
+    from core.train.callbacks import IrisCallback, disk_full, drop_torn_checkpoints, truncate_metrics
     from core.train.tokens import flush_callback
     if main_proc and (run_dir / CONFIG).exists():
         set_phase(run_dir, "preparing base model")
@@ -225,7 +225,12 @@ def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None 
         jobs.update_status(run_dir, message=f"training ({backend}, {family} template)", backend=backend,
                            backend_reason=why)
     set_phase(run_dir, "first step")
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except Exception as err:  # a full disk while saving a checkpoint: one sentence, and no torn checkpoint left
+        if main_proc and (replaced := disk_full(run_dir, err)) is not err:
+            raise replaced from err
+        raise
     stopped = callback.stop_seen
     if main_proc:
         jobs.update_status(run_dir, phase=None, rows_tokenised=sum(s.cache.tokenised for s in sources),

@@ -15,7 +15,10 @@ split, the tokenizer (vocabulary + special tokens), the chat template, max lengt
 (`IRIS_HOME/cache/tokens/<key>/part-*.parquet`, one file per flush and process). A later run on the same
 version reads rows from there and tokenises nothing it has seen.
 
-A row is `input_ids` plus `labels` (-100 where no loss is taken: everything but the assistant's replies when
+A row is rendered with the chat template and only the template's own structure becomes control tokens: a
+message whose text holds `<|im_end|>` or `<|eot_id|>` keeps it as ordinary text tokens (no false end of turn
+inside a training example; `core.inference.chat_tokens.encode_chat_masked`, which evaluation and the chat
+engines share). A row is `input_ids` plus `labels` (-100 where no loss is taken: everything but the assistant's replies when
 assistant-only), cut to max length keeping the start, as trl cuts them. A row whose replies all lie beyond max
 length would train nothing; it keeps its last max-length tokens instead (trl dropped such rows, which needs
 every row tokenised before the first step).
@@ -31,9 +34,10 @@ from typing import Callable
 
 from core import versions
 from core.errors import IrisError
+from core.inference.chat_tokens import encode_chat_masked, hf_specials
 from core.paths import iris_home, write_json
 
-CACHE_FORMAT = 1  # bump when the stored columns or their meaning change
+CACHE_FORMAT = 2  # bump when the stored columns or their meaning change (2: message text stays text)
 FLUSH_ROWS = 2000  # write the cache every N new rows, so a long first pass survives a kill
 FLUSH_EVERY_S = 30.0  # while training streams rows: a few part files per run, at most 30 s of rows lost to a kill
 
@@ -100,12 +104,12 @@ def cache_key(name: str, split: str, tokenizer, max_length: int, assistant_only:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def tokenise(tokenizer, messages: list[dict], max_length: int, assistant_only: bool) -> tuple[list, list]:
-    """(input_ids, labels) of one conversation with the tokenizer's (training) chat template."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=assistant_only)
-    ids = list(out["input_ids"])
-    labels = [t if m else -100 for t, m in zip(ids, out["assistant_masks"])] if assistant_only else list(ids)
+def tokenise(tokenizer, messages: list[dict], max_length: int, assistant_only: bool,
+             specials: dict[str, int] | None = None) -> tuple[list, list]:
+    """(input_ids, labels) of one conversation with the tokenizer's (training) chat template, message text as
+    plain text. `specials`: `chat_tokens.hf_specials(tokenizer)`, computed once by callers of many rows."""
+    ids, mask = encode_chat_masked(tokenizer, messages, add_generation_prompt=False, specials=specials)
+    labels = [t if m else -100 for t, m in zip(ids, mask)] if assistant_only else list(ids)
     if len(ids) > max_length:
         head = labels[:max_length]
         if all(x == -100 for x in head):  # the replies start past max length: keep the end instead
@@ -183,6 +187,7 @@ class RowSource:
     def __init__(self, name: str, split: str, tokenizer, max_length: int, assistant_only: bool):
         self.name, self.split, self._column = name, split, None
         self.tokenizer, self.max_length, self.assistant_only = tokenizer, max_length, assistant_only
+        self.specials = hf_specials(tokenizer)
         folder = cache_root() / cache_key(name, split, tokenizer, max_length, assistant_only)
         self.cache = TokenCache(folder)
         self.keep = self._trainable_rows(folder / "keep.npy")
@@ -222,7 +227,7 @@ class RowSource:
         hit = self.cache.get(row)
         if hit is None:
             hit = tokenise(self.tokenizer, plain_messages(self.column[row].as_py()), self.max_length,
-                           self.assistant_only)
+                           self.assistant_only, self.specials)
             self.cache.put(row, *hit)
             if len(self.cache.pending) >= FLUSH_ROWS:
                 self.cache.flush()
