@@ -166,7 +166,7 @@ def test_generated_pairs_with_the_embedded_model_are_scored_and_repeatable():
 
 # ---------------------------------------------------------------- training
 
-PAIRS = [(f"Is {i} even?", "Yes." if i % 2 == 0 else "No.", "No." if i % 2 == 0 else "Yes.") for i in range(16)]
+PAIRS = [(f"Is {i} a number?", "Yes, it is.", "No.") for i in range(8)]
 
 
 def pair_version(name: str = "prefs", pairs=PAIRS) -> str:
@@ -177,9 +177,9 @@ def pair_version(name: str = "prefs", pairs=PAIRS) -> str:
 
 
 def dpo_cfg(model_dir: Path, **kw) -> TrainConfig:
-    base = dict(base_model=str(model_dir), dataset="prefs", run_name="dpo", method="dpo", beta=0.1, max_steps=6,
-                save_steps=3, eval_steps=0, batch_size=4, grad_accum=1, max_seq_length=64, lora_r=8, lora_alpha=16,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], warmup_steps=0, learning_rate=1e-2, seed=1)
+    base = dict(base_model=str(model_dir), dataset="prefs", run_name="dpo", method="dpo", beta=0.1, max_steps=4,
+                save_steps=2, eval_steps=0, batch_size=4, grad_accum=1, max_seq_length=64, lora_r=8, lora_alpha=16,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], warmup_steps=0, learning_rate=3e-2, seed=1)
     return TrainConfig(**{**base, **kw})
 
 
@@ -221,9 +221,9 @@ def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(tiny_llama3_dir):
     run_dir = lora.main(dpo_cfg(tiny_llama3_dir))
     after = mean_margin(tiny_llama3_dir, runs.adapter_dir(run_dir), PAIRS)
     assert after > before + 0.5, (before, after)
-    assert jobs.read_status(run_dir)["state"] == "completed" and runs.list_checkpoints(run_dir) == [3, 6]
+    assert jobs.read_status(run_dir)["state"] == "completed" and runs.list_checkpoints(run_dir) == [2, 4]
     logged = [m for m in runs.read_metrics(run_dir) if "loss" in m]
-    assert [m["step"] for m in logged] == list(range(1, 7))
+    assert [m["step"] for m in logged] == list(range(1, 5))
     assert all({"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(m) for m in logged)
     assert "DPO, beta 0.1, sigmoid loss" in (run_dir / "adapter" / "README.md").read_text()
 

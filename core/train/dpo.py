@@ -152,6 +152,28 @@ def dpo_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool)
     )
 
 
+class PlainLogProbs:
+    """What trl's chunked log-prob kernel returns, in plain torch: trl 1.16's DPOTrainer computes every
+    log-probability through that Triton kernel, which does not exist without Triton and fails on CPU tensors.
+    Full logits are materialised here: fine for the small models that train on CPUs."""
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
+        import torch
+        import torch.nn.functional as F
+
+        logits = F.linear(hidden, weight, bias).float() * logit_scale
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        logp_all = (logits / temperature).log_softmax(-1)
+        log_probs = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+        with torch.no_grad():  # the rest feeds trl's logged metrics only
+            extra = {"entropy": -(logp_all.exp() * logp_all).sum(-1), "log_sum_sq_probs": (2 * logp_all).logsumexp(-1),
+                     "mean_logits": logits.mean(-1), "is_top1": logits.argmax(-1) == targets}
+        return (log_probs, *(extra[k] if k in outputs else None
+                             for k in ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")))
+
+
 def trainer_class(backend: str):
     """trl's DPOTrainer (patched by unsloth on its backend) that takes Iris's tokenised pairs as they are."""
     if backend == "unsloth":
@@ -160,6 +182,13 @@ def trainer_class(backend: str):
         if hasattr(unsloth, "PatchDPOTrainer"):
             unsloth.PatchDPOTrainer()
     from trl import DPOTrainer
+    from trl.trainer import utils as trl_utils
+
+    from core.train.backends import cuda_available
+
+    if hasattr(trl_utils, "_ChunkedLogProbFunction") and (trl_utils._ChunkedLogProbFunction is None
+                                                          or not cuda_available()):
+        trl_utils._ChunkedLogProbFunction = PlainLogProbs  # this training process only
 
     class IrisDPOTrainer(DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
