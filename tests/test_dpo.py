@@ -298,3 +298,66 @@ def test_kill_9_then_resume_continues_the_dpo_step_count(tiny_llama3_dir):
     assert state["global_step"] == 8 and status["resumed_from"] == f"checkpoint-{last}"
     steps = [m["step"] for m in runs.read_metrics(run_dir) if "loss" in m]
     assert steps == list(range(1, 9)) and versions.exists("prefs")
+
+
+def test_dpo_presets_keep_the_labs_lora_settings():
+    from core.train.config import load_preset
+
+    lab, dpo = load_preset("Lab 2: Llama-3.2-1B on FineTome"), load_preset("Lab 2 + DPO: Llama-3.2-1B")
+    same = ("base_model", "lora_r", "lora_alpha", "target_modules", "max_seq_length", "batch_size", "grad_accum",
+            "optimizer", "gradient_checkpointing", "save_steps")
+    assert {f: getattr(dpo, f) for f in same} == {f: getattr(lab, f) for f in same}
+    assert (dpo.method, dpo.beta, dpo.loss_type) == ("dpo", 0.1, "sigmoid")
+    quick = load_preset("CPU quick DPO: SmolLM2-135M")
+    assert (quick.method, quick.base_model, quick.optimizer) == ("dpo", "smollm2-135m-instruct", "adamw_torch")
+
+
+def test_cli_saves_a_preference_version_with_lineage(tmp_path, capsys):
+    from core.data.__main__ import main as data_main
+    from core.data.__main__ import parse_args
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+                            for i in range(10)))
+    folder = data_main(parse_args(["prefs", "--file", str(path), "--name", "file-prefs", "--eval-fraction", "0.2"]))
+    manifest = versions.load_manifest("file-prefs")
+    assert folder.name == "file-prefs" and manifest["kind"] == "preference"
+    assert manifest["rows"] == {"train": 8, "eval": 2} and manifest["parent"] == {"source": str(path)}
+    assert manifest["pairs_by_origin"] == {"file": 10}
+    train = versions.load("file-prefs")
+    assert set(preference.COLUMNS) <= set(train.columns)
+    assert all(r["chosen"].startswith("good") and r["rejected"].startswith("bad") for _, r in train.iterrows())
+    with pytest.raises(IrisError, match="already exists"):
+        data_main(parse_args(["prefs", "--from-votes", "--name", "file-prefs"]))
+
+
+def test_train_page_launches_a_dpo_run(tiny_llama3_dir):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from core.paths import models_dir
+
+    tiny = models_dir() / "tiny-llama"
+    shutil.copytree(tiny_llama3_dir, tiny)
+    pair_version()
+    at = AppTest.from_file("../pages/train.py", default_timeout=120).run()
+    preset = "CPU quick DPO: SmolLM2-135M"
+    at.selectbox[0].set_value(preset).run()
+    k = f"{preset}-0-"
+    assert at.radio(key=k + "method").value == "dpo" and at.number_input(key=k + "beta").value == 0.1
+    at.selectbox(key=k + "model").set_value(str(tiny))
+    for key, value in (("seq", 64), ("steps", 2), ("save", 2), ("bs", 4), ("acc", 1)):
+        at.number_input(key=k + key).set_value(value)
+    at.text_input(key=k + "name").set_value("dpo-from-page")
+    at.run()
+    assert not at.error and not at.exception
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert "Launched **dpo-from-page**" in at.success[0].value
+    run_dir = runs.run_path("dpo-from-page")
+    status = jobs.wait(run_dir, timeout_s=400)
+    assert status["state"] == "completed", jobs.tail(run_dir / "train.log")
+    cfg = lora.load_config(run_dir)
+    assert (cfg.method, cfg.beta, cfg.loss_type, cfg.dataset) == ("dpo", 0.1, "sigmoid", "prefs")
+    at.run()
+    assert not at.exception and len(at.get("plotly_chart")) >= 2  # loss curves and the DPO rewards
