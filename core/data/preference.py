@@ -281,12 +281,3 @@ def save_pairs(name: str, df, *, parent: dict, recipe: dict, eval_fraction: floa
                          "split": {"eval_fraction": eval_fraction, "seed": seed}})
     return versions.version_dir(name)
 
-
-def load_version_pairs(name: str, split: str = "train") -> list[dict]:
-    """A preference version's rows as plain dicts (prompt as a list of turns)."""
-    df = versions.load(name, split)
-    if not is_preference(df.columns):
-        raise IrisError(f"dataset version {name!r} has no preference pairs (columns {', '.join(df.columns)}): "
-                        "DPO needs `prompt`, `chosen` and `rejected`; make one with Data → Preference pairs.")
-    return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-            for r in versions.to_records(df[["prompt", "chosen", "rejected"]])]

@@ -61,13 +61,23 @@ def tokenise_pair(tokenizer, prompt: list[dict], chosen: str, rejected: str, max
     return {"prompt_ids": prompt_ids, "chosen_ids": answers[0], "rejected_ids": answers[1]}
 
 
+def load_pairs(name: str, split: str = "train") -> list[dict]:
+    """A preference version's pairs as plain dicts (prompt as a list of turns): the columns core.data.preference
+    writes, read through core.versions (core.train does not import core.data)."""
+    from core import versions
+
+    df = versions.load(name, split)
+    if not {"prompt", "chosen", "rejected"} <= set(df.columns):
+        raise IrisError(f"dataset version {name!r} has no preference pairs (columns {', '.join(df.columns)}): "
+                        "DPO needs `prompt`, `chosen` and `rejected`; make one with python -m core.data prefs.")
+    return versions.to_records(df[["prompt", "chosen", "rejected"]])
+
+
 def pair_dataset(name: str, split: str, tokenizer, max_length: int, progress=None):
     """A datasets.Dataset of tokenised pairs of version `name`'s split."""
     from datasets import Dataset
 
-    from core.data.preference import load_version_pairs
-
-    pairs = load_version_pairs(name, split)
+    pairs = load_pairs(name, split)
     eot = end_of_turn_ids(tokenizer)
     rows = []
     for i, p in enumerate(pairs):
@@ -227,4 +237,4 @@ def check_version(cfg: TrainConfig) -> None:
     has_pairs = {"prompt", "chosen", "rejected"} <= set(columns)
     if cfg.method == "dpo" and not has_pairs:
         raise IrisError(f"dataset version {cfg.dataset!r} has no preference pairs: DPO needs a version with `prompt`, "
-                        "`chosen` and `rejected` (Data → Preference pairs), or choose method sft.")
+                        "`chosen` and `rejected` (python -m core.data prefs), or choose method sft.")
