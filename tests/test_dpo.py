@@ -279,6 +279,11 @@ def test_dpo_continues_an_sft_runs_adapter(tiny_llama3_dir):
     assert any(not (child[k] == parent[k]).all() for k in child)
     assert not (run_dir / "adapter" / "ref").exists()
     assert ("run:sft", "run:dpo-child") in lineage.graph_edges()
+    from core import inference  # Chat / Compare / Evaluate list it like any run, its parent beside it
+
+    listed = {m.id: m for m in inference.list_chat_models()}
+    assert {"run:sft", "run:dpo-child", "run:dpo-child@checkpoint-2"} <= set(listed)
+    assert listed["run:dpo-child"].lineage["parent_run"] == "sft" and listed["run:dpo-child"].kind == "adapter"
 
 
 def test_kill_9_then_resume_continues_the_dpo_step_count(tiny_llama3_dir):
