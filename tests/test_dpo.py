@@ -273,6 +273,7 @@ def test_dpo_continues_an_sft_runs_adapter(tiny_llama3_dir):
     run_dir = lora.main(dpo_cfg(tiny_llama3_dir, parent_run="sft", max_steps=2, save_steps=2, run_name="dpo-child"))
     cfg = lora.load_config(run_dir)
     assert cfg.parent_run == "sft" and runs.read_config(run_dir)["parent_run"] == "sft"
+    assert (cfg.lora_r, cfg.target_modules) == (4, ["q_proj", "v_proj"])  # config.yaml says what was trained
     parent = load_file(runs.adapter_dir(sft) / "adapter_model.safetensors")
     child = load_file(runs.adapter_dir(run_dir) / "adapter_model.safetensors")
     assert set(child) == set(parent)  # the parent's shape (r=4 on q, v), not the form's r=8 on q, k, v, o

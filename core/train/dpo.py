@@ -88,7 +88,9 @@ def pair_dataset(name: str, split: str, tokenizer, max_length: int, progress=Non
 
 
 def parent_adapter(cfg: TrainConfig) -> Path | None:
-    """The SFT run's final adapter (else its latest checkpoint) that this DPO run continues, or None."""
+    """The SFT run's final adapter (else its latest checkpoint) that this DPO run continues, or None. The adapter's
+    shape (r, alpha, target modules) is the parent's: it is written into `cfg` here, before config.yaml is saved
+    (core.train.lora's preflight), so the run's config says what was trained."""
     if not cfg.parent_run:
         return None
     run_dir = runs.find_run(cfg.parent_run)
@@ -99,7 +101,11 @@ def parent_adapter(cfg: TrainConfig) -> Path | None:
     if parent_base != cfg.base_model:
         raise IrisError(f"parent run {cfg.parent_run!r} trained {parent_base!r}, not {cfg.base_model!r}: set the "
                         "base model to the parent's.")
-    return runs.adapter_dir(run_dir)
+    adapter = runs.adapter_dir(run_dir)
+    shape = json.loads((adapter / "adapter_config.json").read_text())
+    cfg.lora_r, cfg.lora_alpha = int(shape["r"]), int(shape["lora_alpha"])
+    cfg.target_modules = sorted(shape["target_modules"])
+    return adapter
 
 
 def continue_adapter(cfg: TrainConfig, model, adapter: Path, backend: str):
@@ -108,9 +114,6 @@ def continue_adapter(cfg: TrainConfig, model, adapter: Path, backend: str):
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    shape = json.loads((adapter / "adapter_config.json").read_text())
-    cfg.lora_r, cfg.lora_alpha = int(shape["r"]), int(shape["lora_alpha"])
-    cfg.target_modules = sorted(shape["target_modules"])
     if backend != "unsloth":  # unsloth's get_peft_model has run already in backends.load_model
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                  target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM"))
@@ -126,10 +129,7 @@ def load_model(cfg: TrainConfig, model_dir: Path, backend: str):
     """(model, tokenizer, peft_config or None): a fresh adapter, or the parent run's adapter to continue."""
     from core.train import backends
 
-    adapter = parent_adapter(cfg)
-    if adapter is not None and backend == "unsloth":  # unsloth builds its LoRA in load_model: give it the shape
-        shape = json.loads((adapter / "adapter_config.json").read_text())
-        cfg.lora_r, cfg.lora_alpha, cfg.target_modules = shape["r"], shape["lora_alpha"], sorted(shape["target_modules"])
+    adapter = parent_adapter(cfg)  # sets cfg's LoRA shape to the parent's (unsloth builds its LoRA in load_model)
     model, tokenizer, peft_config = backends.load_model(cfg, model_dir, backend)
     if adapter is not None:
         model, peft_config = continue_adapter(cfg, model, adapter, backend), None
