@@ -68,6 +68,8 @@ def graph_edges(s: dict | None = None) -> list[tuple[str, str]]:
             edges.append((f"model:{r['base_model']}", f"run:{r['run']}"))
         if r["dataset"]:
             edges.append((f"dataset:{r['dataset']}", f"run:{r['run']}"))
+        if r.get("parent_run"):  # a DPO run that continued an SFT run's adapter
+            edges.append((f"run:{r['parent_run']}", f"run:{r['run']}"))
     for e in s["exports"]:
         if e["run"]:
             edges.append((f"run:{e['run']}", f"export:{e['export']}"))

@@ -94,7 +94,8 @@ def list_runs() -> list[dict]:
         cfg, status = read_config(folder), jobs.read_status(folder)
         out.append({"run": folder.name, "state": status.get("state", "new"), "step": status.get("step"),
                     "total": status.get("total"), "progress": jobs.progress_line(status)[1], "checkpoints": list_checkpoints(folder), "path": folder,
-                    "base_model": cfg.get("base_model"), "dataset": cfg.get("dataset")})
+                    "base_model": cfg.get("base_model"), "dataset": cfg.get("dataset"),
+                    "method": cfg.get("method", "sft"), "parent_run": cfg.get("parent_run") or None})
     return out
 
 

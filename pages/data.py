@@ -11,6 +11,7 @@ from core.data.filters import STEP_TABLE, DataRecipe, apply_recipe, default_reci
 from core.errors import IrisError
 from ui import big_version
 from ui.forms import field_input
+from ui.preference import show_row
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading and normalising…")
@@ -91,10 +92,7 @@ with browse:
     rows = hits[(page - 1) * data_view.PAGE_SIZE: page * data_view.PAGE_SIZE]
     st.dataframe(data_view.page_table(df, rows), hide_index=True, use_container_width=True)
     row = st.number_input("Open row", 0, len(df) - 1, int(rows[0]) if len(rows) else 0)
-    for turn in df["messages"].iat[row]:
-        with st.chat_message({"user": "user", "assistant": "assistant"}.get(turn["role"], "ai"),
-                             avatar=":material/settings:" if turn["role"] == "system" else None):
-            st.markdown(turn["content"] or "*(empty turn)*")
+    show_row(df, row)  # a preference version's pair: both answers side by side
 
 with stats:
     # the Filter tab's near-duplicate threshold (its widget state), so both tabs count the same clusters

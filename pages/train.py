@@ -12,6 +12,7 @@ from core.train.config import BACKENDS, OPTIMIZERS, TrainConfig, list_presets, l
 from core.train.curves import curves_figure
 from core.train.estimate import detect_device, estimate, fill_card
 from core.train.launch import warm_up
+from ui.preference import dpo_curves, method_fields
 from ui.progress import job_panel
 
 st.title("Train")
@@ -34,8 +35,9 @@ with new:
     names = [v["name"] for v in versions.list_versions()]
     if not names:
         st.info("No dataset version yet: make one on the **Data** page (e.g. import the bundled sample).")
+    method = method_fields(base, k, H)
     c1, c2, c3 = st.columns(3)
-    f = dict(
+    f = dict(**method,
         base_model=c1.selectbox("Base model", model_ids, index=model_ids.index(base.base_model),
                                 format_func=lambda m: labels.get(m, m), key=k + "model", help=H.get("base_model")),
         dataset=c2.selectbox("Dataset version", names, index=names.index(base.dataset) if base.dataset in names else 0,
@@ -110,6 +112,7 @@ with watch:
 
         def run_controls(status: dict) -> None:
             st.plotly_chart(curves_figure([chosen], chosen), key=f"curve-{chosen}")
+            dpo_curves(chosen)
             a, b, c = st.columns(3)
             steps = runs.list_checkpoints(run_dir)
             if status.get("state") in jobs.ACTIVE and b.button("Kill now", key="kill"):

@@ -41,7 +41,8 @@ def sha(path: Path) -> str:
 
 def test_presets_load_with_the_labs_settings():
     presets = list_presets()
-    assert set(presets) == {"Lab 2: Llama-3.2-1B on FineTome", "CPU quick: SmolLM2-135M"}
+    assert set(presets) == {"Lab 2: Llama-3.2-1B on FineTome", "CPU quick: SmolLM2-135M", "CPU quick DPO: SmolLM2-135M",
+                            "Lab 2 + DPO: Llama-3.2-1B"}
     lab = load_preset("Lab 2: Llama-3.2-1B on FineTome")
     assert (lab.lora_r, lab.max_seq_length, lab.batch_size, lab.grad_accum, lab.learning_rate, lab.warmup_steps,
             lab.max_steps, lab.save_steps) == (16, 2048, 2, 4, 2e-4, 5, 100, 10)

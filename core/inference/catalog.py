@@ -78,6 +78,8 @@ def list_chat_models() -> list[ChatModel]:
         cfg = _yaml(run / "config.yaml")
         base = str(cfg.get("base_model") or "")
         lineage = {"run": run.name, "dataset": cfg.get("dataset"), "base_model": base, "quant": "fp32"}
+        if cfg.get("method") == "dpo":  # Compare can put a DPO run beside the SFT run it continued
+            lineage.update(method="dpo", parent_run=cfg.get("parent_run") or None)
         adapter = run / "adapter"
         if (adapter / "adapter_config.json").exists():
             out.append(ChatModel(f"run:{run.name}", f"{run.name} (adapter on {base or '?'})", "adapter", str(adapter),

@@ -123,6 +123,8 @@ class IrisCallback(TrainerCallback):
                 self.last_tokens, self.last_time = tokens, now
         if "eval_loss" in logs:
             row["eval_loss"] = logs["eval_loss"]
+        # DPO (trl): rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies (and their eval_ twins)
+        row.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "eval_rewards/"))})
         if "loss" not in row and "eval_loss" not in row:
             return  # the end-of-training summary (train_runtime, ...) goes to train.log only
         with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:

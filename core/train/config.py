@@ -25,6 +25,10 @@ OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 MAX_LORA_R = 4096  # wider than any small model's hidden size; the estimate checks the real one
 LAB_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+METHODS = ("sft", "dpo")
+# trl's DPO loss names (DPOConfig.loss_type) that need nothing beyond beta; "sigmoid" is the paper's DPO.
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down",
+              "sigmoid_norm")
 
 
 @dataclass
@@ -87,6 +91,15 @@ class TrainConfig:
     """Copy every complete checkpoint here too (e.g. a mounted drive); resume can start from it."""
     mirror_hub_repo: str = ""
     """Also upload every complete checkpoint to this hub repo (only when online)."""
+    method: str = "sft"
+    """sft: learn the assistant replies of `messages` rows; dpo: prefer `chosen` over `rejected` (a preference version)."""
+    beta: float = 0.1
+    """DPO only: how far the model may move from the reference (trl's beta; smaller = further; 0.1 is common)."""
+    loss_type: str = "sigmoid"
+    """DPO only: trl's loss name; sigmoid is the DPO paper's loss, ipo/hinge/robust/... its variants."""
+    parent_run: str = ""
+    """DPO only: an SFT run whose adapter this run continues (and whose adapter is the reference); empty → a new
+    adapter on the base model, with the base (adapter disabled) as the reference."""
 
     def __post_init__(self) -> None:
         check_types(self)  # wrong types first: `learning_rate: fast` is refused here, naming the field
@@ -120,6 +133,14 @@ class TrainConfig:
         one_of("lr_scheduler", self.lr_scheduler, SCHEDULERS)
         if self.mirror_hub_repo and os.environ.get("IRIS_HUB_NAMESPACES"):  # else checked at upload
             check_hub_repo(self.mirror_hub_repo, "mirror_hub_repo")
+        one_of("method", self.method, METHODS)
+        one_of("loss_type", self.loss_type, DPO_LOSSES)
+        in_range("beta", self.beta, 0, 100, low_open=True, why="0.1 is common; smaller lets the model move further")
+        if self.parent_run:
+            check_name(self.parent_run, "`parent_run`")
+            if self.method != "dpo":
+                raise IrisError(f"`parent_run` is {self.parent_run!r} but `method` is {self.method}: continuing an "
+                                "adapter is for DPO runs; set method to dpo or clear parent_run.")
         if self.load_in_4bit and self.backend == "transformers":
             raise IrisError("`load_in_4bit` is true but `backend` is transformers: 4-bit loading runs through "
                             "unsloth on CUDA, so set backend to auto or unsloth.")

@@ -88,9 +88,12 @@ def resume(run_dir: Path, checkpoint: int | None = None) -> int:
 def preflight(cfg: TrainConfig, resolve_model: bool = True) -> Path | None:
     """Refuse what cannot work, with one message: missing dataset, sequence too long, no model, no disk."""
     from core import models
+    from core.train.dpo import check_version, parent_adapter
     from core.train.estimate import check_target_modules, estimate
 
     versions.load_manifest(cfg.dataset)  # raises: the version no longer exists
+    check_version(cfg)  # DPO needs preference pairs
+    parent_adapter(cfg)  # raises: a parent run that is gone, or trained another base model
     est = estimate(cfg)
     if est.problems:
         raise IrisError(" ".join(est.problems))
@@ -215,12 +218,18 @@ def main(cfg: TrainConfig, run_dir: Path | None = None, resume_step: int | None 
         set_phase(run_dir, "loading model")
     print(f"iris: backend {backend}, {backends.world_size()} process(es), base {cfg.base_model} "
           f"({model_dir}), dataset {cfg.dataset}", flush=True)
-    model, tokenizer, peft_config = backends.load_model(cfg, model_dir, backend)
-    family = backends.set_training_template(tokenizer, cfg.assistant_only_loss)
-    train_ds, eval_ds, sources = datasets_for(cfg, tokenizer, backend, run_dir)
     callback = IrisCallback(run_dir, cfg)
-    trainer = backends.build_trainer(cfg, model, tokenizer, peft_config, train_ds, eval_ds,
-                                     run_dir / CHECKPOINTS, backend, [callback, flush_callback(sources), phase_callback(run_dir)])
+    if cfg.method == "dpo":  # preference pairs through trl's DPOTrainer (core.train.dpo); the rest is shared
+        from core.train import dpo
+
+        trainer, family = dpo.build(cfg, model_dir, backend, run_dir, [callback, phase_callback(run_dir)], set_phase)
+        tokenizer, sources = trainer.processing_class, []
+    else:
+        model, tokenizer, peft_config = backends.load_model(cfg, model_dir, backend)
+        family = backends.set_training_template(tokenizer, cfg.assistant_only_loss)
+        train_ds, eval_ds, sources = datasets_for(cfg, tokenizer, backend, run_dir)
+        trainer = backends.build_trainer(cfg, model, tokenizer, peft_config, train_ds, eval_ds, run_dir / CHECKPOINTS,
+                                         backend, [callback, flush_callback(sources), phase_callback(run_dir)])
     if main_proc:
         jobs.update_status(run_dir, message=f"training ({backend}, {family} template)", backend=backend,
                            backend_reason=why)
@@ -250,14 +259,18 @@ def save_adapter(trainer, tokenizer, cfg: TrainConfig, run_dir: Path, backend: s
 
     manifest = versions.load_manifest(cfg.dataset)
     with atomic_dir(run_dir / ADAPTER, overwrite=True) as tmp:
-        trainer.model.save_pretrained(tmp)
+        # only the trained adapter: a DPO run that continues a parent also holds trl's frozen "ref" copy
+        trainer.model.save_pretrained(tmp, **({"selected_adapters": ["default"]}
+                                              if "ref" in getattr(trainer.model, "peft_config", {}) else {}))
         if tokenizer.chat_template:
             tokenizer.chat_template = inference_template(tokenizer.chat_template)
         tokenizer.save_pretrained(tmp)
         last = read_metrics(run_dir)
         losses = [m["loss"] for m in last if m.get("loss") is not None]
         (tmp / "README.md").write_text(
-            f"# {run_dir.name}\n\nLoRA adapter trained with Iris ({backend} backend).\n\n"
+            f"# {run_dir.name}\n\nLoRA adapter trained with Iris ({backend} backend, {cfg.method.upper()}"
+            f"{f', beta {cfg.beta}, {cfg.loss_type} loss' if cfg.method == 'dpo' else ''}"
+            f"{f', continuing run {cfg.parent_run}' if cfg.parent_run else ''}).\n\n"
             f"- base model: `{cfg.base_model}`\n"
             f"- dataset version: `{cfg.dataset}` (content hash {manifest.get('content_hash', '?')[:12]}, "
             f"{manifest['rows']['train']} train rows)\n"
