@@ -254,11 +254,14 @@ class MergedTensor:
     """() -> iterator of torch tensors: the whole merged tensor, or consecutive slabs of its rows."""
 
 
-def plan_merge(base_dir: Path, adapter_dir: Path, dtype: str = "f16") -> tuple[list[MergedTensor], dict]:
+def plan_merge(base_dir: Path, adapter_dir: Path, dtype: str = "f16",
+               slab_bytes: int = ROW_CHUNK_BYTES) -> tuple[list[MergedTensor], dict]:
     """Every tensor of base + LoRA as a lazy MergedTensor, in the base's order, and the merge summary.
 
     Nothing is read here beyond headers: `merge_lora` streams the tensors into safetensors shards, and
-    `python -m core.export.convert --merge` feeds them straight into llama.cpp's converter (no merged copy)."""
+    `python -m core.export.convert --merge` feeds them straight into llama.cpp's converter (no merged copy).
+    Tensors without LoRA come in slabs of ≈ `slab_bytes` (each slab's source bytes, a copy and its cast are
+    alive at once: ≈ 2.5 × slab_bytes on top of whatever the caller keeps)."""
     if dtype not in OUT_DTYPES:
         raise IrisError(f"merge dtype {dtype!r} is not one of {', '.join(OUT_DTYPES)}.")
     out_st = OUT_DTYPES[dtype]
@@ -287,7 +290,7 @@ def plan_merge(base_dir: Path, adapter_dir: Path, dtype: str = "f16") -> tuple[l
         if name in pairs or name in full:
             slabs = partial(merged, name, info)
         else:  # untouched: cast (or copy) a slab of rows at a time; the embedding alone is 0.5–1 GB
-            slabs = partial(_slabs, info, dtype if floating else None, name)
+            slabs = partial(_slabs, info, dtype if floating else None, name, slab_bytes)
         tensors.append(MergedTensor(name, out_st if floating else info.dtype, info.shape, slabs))
     summary = {"tensors": len(base), "merged": len(pairs), "replaced": len(full), "dropped": dropped, "dtype": dtype,
                "r": spec.r, "alpha": spec.alpha, "rslora": spec.use_rslora}
@@ -349,14 +352,14 @@ def _bytes(tensor) -> memoryview:
     return memoryview(tensor.contiguous().view(torch.uint8).numpy()).cast("B") if tensor.numel() else memoryview(b"")
 
 
-def _slabs(info: TensorInfo, dtype: str | None, name: str):
-    """Yield a tensor a slab of rows at a time, cast to 16-bit `dtype` unless None."""
-    if not info.shape or info.nbytes <= ROW_CHUNK_BYTES:
+def _slabs(info: TensorInfo, dtype: str | None, name: str, slab_bytes: int = ROW_CHUNK_BYTES):
+    """Yield a tensor a slab of rows (≈ `slab_bytes`) at a time, cast to 16-bit `dtype` unless None."""
+    if not info.shape or info.nbytes <= slab_bytes:
         tensor = load_tensor(info)
         yield _cast(tensor, dtype, name) if dtype is not None else tensor
         return
     n_rows = info.shape[0]
-    step = max(1, ROW_CHUNK_BYTES // (info.nbytes // n_rows))
+    step = max(1, slab_bytes // (info.nbytes // n_rows))
     for start in range(0, n_rows, step):
         tensor = load_tensor(info, (start, min(n_rows, start + step)))
         yield _cast(tensor, dtype, name) if dtype is not None else tensor
