@@ -192,7 +192,8 @@ def study_line(base: Path, adapter: Path, work: Path, env: dict, n: dict) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", help="work folder to keep (default: a temporary one, removed)")
+    parser.add_argument("--keep", help="work folder to keep and reuse (default: a temporary one, removed); a model "
+                        "built there by an earlier run is reused")
     parser.add_argument("--study", action="store_true", help="add the four-quants-in-one-job vs four-chains line")
     args = parser.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="iris-bench-export-"))
@@ -200,14 +201,20 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     try:
         t = time.perf_counter()
-        base, adapter = build(work, env)
-        print(f"built random Llama-3.2-1B + r=16 adapter in {time.perf_counter() - t:.0f} s (not measured)")
+        if (work / "base" / "config.json").exists() and (work / "adapter" / "adapter_config.json").exists():
+            base, adapter = work / "base", work / "adapter"  # built by an earlier run with the same --keep
+            print("reusing the random Llama-3.2-1B + r=16 adapter built earlier in", work)
+        else:
+            base, adapter = build(work, env)
+            print(f"built random Llama-3.2-1B + r=16 adapter in {time.perf_counter() - t:.0f} s (not measured)")
+        for old in ("naive-merged", "iris_home"):
+            shutil.rmtree(work / old, ignore_errors=True)
         n = naive(base, adapter, work, env)
         shutil.rmtree(work / "naive-merged", ignore_errors=True)
         i = iris(base, adapter, work, env)
         gib = 1024**3
         print(f"\nExport to q4_k_m, Llama-3.2-1B config (random weights), r=16 LoRA on {', '.join(TARGETS)}; "
-              f"{os.cpu_count()} cores, shared machine (noisy)")
+              f"{os.cpu_count()} cores, shared machine (noisy); load average now {os.getloadavg()[0]:.2f}")
         print(f"{'path':40} {'wall s':>8} {'peak tree GiB':>14} {'max proc GiB':>13}")
         for name, s in n["steps"].items():
             print(f"  naive: {name:32} {s['wall_s']:8.1f} {s['peak_tree'] / gib:14.2f} {s['peak_single'] / gib:13.2f}")

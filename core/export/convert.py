@@ -24,6 +24,7 @@ from core.paths import disk_full_error, free_disk_bytes, is_disk_full
 
 QUANT_BUF_BYTES = 64 * 1024**2  # rows of one tensor kept in memory while quantizing
 DISK_SLACK_BYTES = 64 * 1024**2  # a failed quantize with less free than this beside its output ran out of disk
+MERGE_SLAB_BYTES = 8 * 1024**2  # rows of an untouched tensor cast at a time while merging on the fly
 TRIM_EVERY_S = 0.5  # how often a running llama.cpp script's free heap pages are returned to the OS
 
 
@@ -90,8 +91,8 @@ def _last_error(tail: list[str]) -> str:
 
 
 def script_argv(*args) -> list[str]:
-    """The command that runs llama.cpp's script (the first argument after an optional `--after MARKER`)
-    with the rest as its arguments, through `run_script` (this venv's python)."""
+    """The command that runs llama.cpp's script (the first argument after the optional `--after MARKER` and
+    `--merge BASE ADAPTER DTYPE`) with the rest as its arguments, through `run_script` (this venv's python)."""
     return [sys.executable, "-m", "core.export.convert", *map(str, args)]
 
 
@@ -100,7 +101,8 @@ def run_script(argv: list[str]) -> None:
 
     Runs llama.cpp's SCRIPT exactly as `python SCRIPT ARGS` would (its own `__main__`, `sys.argv` and
     script folder first on `sys.path`), with one addition: a daemon thread that calls glibc's
-    `malloc_trim(0)` every TRIM_EVERY_S seconds.
+    `malloc_trim(0)` every TRIM_EVERY_S seconds. With `--merge BASE ADAPTER DTYPE` the converter also
+    reads its tensors merged on the fly (`merge_on_the_fly`) instead of from the model folder's weights.
 
     Why: convert_hf_to_gguf.py loads the model's tokenizer through transformers before it writes any
     tensor. For Llama-3's 128k vocab that is ~0.25 GB of small C allocations (tokenizers' maps, Python
@@ -115,11 +117,16 @@ def run_script(argv: list[str]) -> None:
     import threading
     import time
 
-    if argv[:1] == ["--after"]:
-        marker, argv = Path(argv[1]), argv[2:]
-        _warm_up_and_wait(marker)
+    merge = None
+    while argv[:1] in (["--after"], ["--merge"]):
+        if argv[0] == "--after":
+            _warm_up_and_wait(Path(argv[1]))
+            argv = argv[2:]
+        else:
+            merge, argv = argv[1:4], argv[4:]
     if not argv:
-        raise SystemExit("usage: python -m core.export.convert [--after MARKER] SCRIPT [ARGS...]")
+        raise SystemExit("usage: python -m core.export.convert [--after MARKER] [--merge BASE ADAPTER DTYPE] "
+                         "SCRIPT [ARGS...]")
     try:
         trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only; elsewhere the script runs as is
     except (OSError, TypeError):
@@ -135,7 +142,59 @@ def run_script(argv: list[str]) -> None:
     script = str(Path(argv[0]).resolve())
     sys.argv = [script, *argv[1:]]
     sys.path[0] = str(Path(script).parent)  # what `python SCRIPT` puts first (llama.cpp's `conversion` package)
+    if merge:
+        merge_on_the_fly(*merge)
     runpy.run_path(script, run_name="__main__")
+
+
+def merge_on_the_fly(base_dir: str, adapter_dir: str, dtype: str) -> None:
+    """Make llama.cpp's converter read base + LoRA merged, tensor by tensor (`core.export.merge.plan_merge`),
+    instead of the weights of the folder it is given (which then only needs config and tokenizer files).
+
+    Why: merging into a folder first writes the whole model once more (2.5 GB for a 1B model in f16) only
+    for the converter to read it back; here each merged tensor goes from the base's bytes to the GGUF.
+    The converter sees exactly the tensors (names, order, f16 values) the merged folder would hold, so
+    the GGUF is byte-identical to converting that folder (pinned by a test). Patched: its one reader of
+    weights, `ModelBase.index_tensors` (name → a lazy tensor, evaluated when the writer reaches it).
+    """
+    from functools import partial
+
+    from conversion.base import LazyTorchTensor, ModelBase  # llama.cpp's, next to the script
+
+    from core.export.merge import plan_merge
+
+    # the converter holds a whole tensor while writing it (the 0.5 GB embedding of a 1B model is the export's
+    # peak), so the slabs cast into it stay small: measured on the 1B bench, 64 MB slabs 1.34 GB, 8 MB 1.16 GB
+    tensors, _ = plan_merge(Path(base_dir), Path(adapter_dir), dtype, slab_bytes=MERGE_SLAB_BYTES)
+    dtypes = LazyTorchTensor._dtype_str_map  # safetensors dtype name → torch dtype
+
+    def index_tensors(self, remote_hf_model_id=None) -> dict:
+        out = {}
+        for t in tensors:
+            meta = LazyTorchTensor.meta_with_dtype_and_shape(dtypes[t.dtype], t.shape)
+            gen = partial(LazyTorchTensor, meta=meta, args=(t,), func=_whole) if self.lazy else partial(_whole, t)
+            if item := self.filter_tensors((t.name, gen)):
+                out[item[0]] = item[1]
+        return out
+
+    ModelBase.index_tensors = index_tensors
+
+
+def _whole(t):
+    """A MergedTensor's value as one torch tensor: its slabs of rows copied into one buffer (no concat copy)."""
+    import torch
+
+    slabs = t.slabs()
+    first = next(slabs)
+    if tuple(first.shape) == tuple(t.shape):
+        return first
+    out = torch.empty(t.shape, dtype=first.dtype)
+    out[: len(first)] = first
+    row = len(first)
+    for slab in slabs:
+        out[row: row + len(slab)] = slab
+        row += len(slab)
+    return out
 
 
 def _warm_up_and_wait(marker: Path) -> None:
@@ -154,17 +213,21 @@ def _warm_up_and_wait(marker: Path) -> None:
         time.sleep(0.1)
 
 
-def convert_hf(model_dir: Path, out: Path, outtype: str = "f16", after: Path | None = None) -> Path:
+def convert_hf(model_dir: Path, out: Path, outtype: str = "f16", after: Path | None = None,
+               merge: tuple[Path, Path, str] | None = None) -> Path:
     """`convert_hf_to_gguf.py model_dir --outtype f16` into `out` (atomic).
 
     `after`: start now, but convert only once the file `after` exists (the merge writing `model_dir`
     creates it when done): the converter's imports then overlap the merge. If `after`.failed appears
-    instead, the converter exits and this raises."""
+    instead, the converter exits and this raises.
+    `merge`: (base folder, adapter folder, merge dtype): convert base + LoRA merged on the fly; `model_dir`
+    then only needs the merged model's config and tokenizer files (`core.export.merge.write_side_files`)."""
     from core.llamacpp import tools
 
     tmp = tmp_name(out)
     tmp.unlink(missing_ok=True)
     wait = ["--after", str(after)] if after else []
+    wait += ["--merge", *map(str, merge)] if merge else []
     try:
         _run_tool(script_argv(*wait, tools().convert_hf, model_dir, "--outfile", tmp, "--outtype", outtype),
                   "converting to GGUF", out)

@@ -184,7 +184,19 @@ def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path
     from core.export import convert
 
     model_dir, merge_info = src.base_dir, None
-    if cfg.mode == "merged" and src.adapter_dir is not None:
+    if cfg.mode == "merged" and src.adapter_dir is not None and not (cfg.verify or cfg.keep_merged or cfg.study):
+        from core.export.merge import plan_merge, write_side_files
+
+        # nothing reads a merged folder afterwards: the converter merges each tensor as it writes it
+        begin("merging the LoRA while converting to an f16 GGUF (one pass, no merged copy on disk)")
+        model_dir = work / "merged"
+        model_dir.mkdir()
+        write_side_files(Path(src.base_dir), Path(src.adapter_dir), model_dir, cfg.merge_dtype)
+        merge_info = {**plan_merge(src.base_dir, src.adapter_dir, cfg.merge_dtype)[1], "on_the_fly": True}
+        f16 = convert.convert_hf(model_dir, f16_path, merge=(src.base_dir, src.adapter_dir, cfg.merge_dtype))
+        end()
+        begin("converted (in the merge's pass)")  # the plan's separate convert step, so progress counts match
+    elif cfg.mode == "merged" and src.adapter_dir is not None:
         begin("merging the LoRA into the base (tensor by tensor)")
         model_dir, marker = work / "merged", work / "merged.done"
         # the converter starts now and imports torch/transformers (≈ 10 s) while the merge runs; it

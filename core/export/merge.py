@@ -11,7 +11,8 @@ and its delta, so a 1B model merges in a few hundred MB where `merge_and_unload`
 Config, generation config, tokenizer and chat template are copied beside the weights (the adapter's
 tokenizer wins: training may have changed the template or the pad token).
 
-Used by `core.export`; `merge_lora(base_dir, adapter_dir, out_dir)` is the whole API.
+Used by `core.export`: `merge_lora(base_dir, adapter_dir, out_dir)` writes the merged folder; `plan_merge` gives the
+same tensors lazily, for the converter to merge on the fly (`python -m core.export.convert --merge`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import re
 import shutil
 import struct
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from core.errors import IrisError
@@ -241,18 +243,28 @@ class ShardWriter:
                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
-def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f16",
-               shard_bytes: int = SHARD_BYTES, progress=None) -> dict:
-    """Write base + LoRA as 16-bit safetensors into `out_dir` (which must exist). Returns a summary.
+@dataclass(frozen=True)
+class MergedTensor:
+    """One tensor of the merged model, computed only when `slabs()` is iterated."""
+    name: str
+    dtype: str
+    """safetensors dtype name of the output (F16/BF16 for float weights, else the base's own)."""
+    shape: tuple[int, ...]
+    slabs: object
+    """() -> iterator of torch tensors: the whole merged tensor, or consecutive slabs of its rows."""
 
-    `progress(done, total)` is called after each tensor.
-    """
-    import torch
 
+def plan_merge(base_dir: Path, adapter_dir: Path, dtype: str = "f16",
+               slab_bytes: int = ROW_CHUNK_BYTES) -> tuple[list[MergedTensor], dict]:
+    """Every tensor of base + LoRA as a lazy MergedTensor, in the base's order, and the merge summary.
+
+    Nothing is read here beyond headers: `merge_lora` streams the tensors into safetensors shards, and
+    `python -m core.export.convert --merge` feeds them straight into llama.cpp's converter (no merged copy).
+    Tensors without LoRA come in slabs of ≈ `slab_bytes` (each slab's source bytes, a copy and its cast are
+    alive at once: ≈ 2.5 × slab_bytes on top of whatever the caller keeps)."""
     if dtype not in OUT_DTYPES:
         raise IrisError(f"merge dtype {dtype!r} is not one of {', '.join(OUT_DTYPES)}.")
     out_st = OUT_DTYPES[dtype]
-    out_torch = torch.float16 if dtype == "f16" else torch.bfloat16
     base = model_index(base_dir)
     spec, pairs, full = read_adapter(adapter_dir)
     missing = sorted(set(pairs) - set(base))
@@ -263,33 +275,44 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f
     for name in dropped:
         del base[name]
 
-    def out_dtype(info: TensorInfo) -> str:
-        return out_st if info.dtype in ("F32", "F16", "BF16", "F64") else info.dtype
+    def merged(name: str, info: TensorInfo):
+        import torch  # here, not above: planning (the export job's own process) never loads torch
 
-    plan = [(name, out_dtype(info), info.shape) for name, info in base.items()]
-    out_dir = Path(out_dir)
-    writer = ShardWriter(out_dir, plan, shard_bytes)
-    for i, (name, info) in enumerate(base.items()):
+        tensor = load_tensor(full[name]).to(torch.float32) if name in full else load_tensor(info)
+        if name in pairs:
+            a, b = (load_tensor(t) for t in pairs[name])
+            tensor = merged_tensor(tensor, a, b, spec.scale(name.removesuffix(".weight")), spec.fan_in_fan_out)
+        yield _cast(tensor, dtype, name)
+
+    tensors = []
+    for name, info in base.items():
+        floating = info.dtype in ("F32", "F16", "BF16", "F64")
         if name in pairs or name in full:
-            if name in full:
-                tensor = load_tensor(full[name]).to(torch.float32)
-            else:
-                tensor = load_tensor(info)
-            if name in pairs:
-                a, b = (load_tensor(t) for t in pairs[name])
-                module = name.removesuffix(".weight")
-                tensor = merged_tensor(tensor, a, b, spec.scale(module), spec.fan_in_fan_out)
-            out = _cast(tensor, out_torch, name)
-            writer.write(name, [_bytes(out)])
-            del tensor, out
+            slabs = partial(merged, name, info)
         else:  # untouched: cast (or copy) a slab of rows at a time; the embedding alone is 0.5–1 GB
-            writer.write(name, _slabs(info, out_torch if out_dtype(info) != info.dtype else None, name))
+            slabs = partial(_slabs, info, dtype if floating else None, name, slab_bytes)
+        tensors.append(MergedTensor(name, out_st if floating else info.dtype, info.shape, slabs))
+    summary = {"tensors": len(base), "merged": len(pairs), "replaced": len(full), "dropped": dropped, "dtype": dtype,
+               "r": spec.r, "alpha": spec.alpha, "rslora": spec.use_rslora}
+    return tensors, summary
+
+
+def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "f16",
+               shard_bytes: int = SHARD_BYTES, progress=None) -> dict:
+    """Write base + LoRA as 16-bit safetensors into `out_dir` (which must exist). Returns a summary.
+
+    `progress(done, total)` is called after each tensor.
+    """
+    tensors, summary = plan_merge(base_dir, adapter_dir, dtype)
+    out_dir = Path(out_dir)
+    writer = ShardWriter(out_dir, [(t.name, t.dtype, t.shape) for t in tensors], shard_bytes)
+    for i, t in enumerate(tensors):
+        writer.write(t.name, (_bytes(slab) for slab in t.slabs()))
         if progress:
-            progress(i + 1, len(base))
+            progress(i + 1, len(tensors))
     writer.close()
-    _copy_side_files(Path(base_dir), Path(adapter_dir), out_dir, dtype)
-    return {"tensors": len(base), "merged": len(pairs), "replaced": len(full), "shards": len(writer.names),
-            "dropped": dropped, "dtype": dtype, "r": spec.r, "alpha": spec.alpha, "rslora": spec.use_rslora}
+    write_side_files(Path(base_dir), Path(adapter_dir), out_dir, dtype)
+    return {**summary, "shards": len(writer.names)}
 
 
 def _tied_copies(base_dir: Path, base: dict[str, TensorInfo], trained: set[str]) -> list[str]:
@@ -311,10 +334,11 @@ def _tied_copies(base_dir: Path, base: dict[str, TensorInfo], trained: set[str])
     return []
 
 
-def _cast(tensor, out_torch, name: str):
+def _cast(tensor, dtype: str, name: str):
+    """`tensor` as 16-bit `dtype` ('f16' or 'bf16'); refuses values that overflow it."""
     import torch
 
-    out = tensor.to(out_torch).contiguous()
+    out = tensor.to(torch.float16 if dtype == "f16" else torch.bfloat16).contiguous()
     if out.is_floating_point() and out.numel():
         lo, hi = torch.aminmax(out)  # one pass; inf or NaN anywhere makes these non-finite
         if not (torch.isfinite(lo) and torch.isfinite(hi)):
@@ -328,20 +352,21 @@ def _bytes(tensor) -> memoryview:
     return memoryview(tensor.contiguous().view(torch.uint8).numpy()).cast("B") if tensor.numel() else memoryview(b"")
 
 
-def _slabs(info: TensorInfo, out_torch, name: str):
-    """Yield a tensor's bytes a slab of rows at a time, cast to `out_torch` unless None."""
-    if not info.shape or info.nbytes <= ROW_CHUNK_BYTES:
+def _slabs(info: TensorInfo, dtype: str | None, name: str, slab_bytes: int = ROW_CHUNK_BYTES):
+    """Yield a tensor a slab of rows (≈ `slab_bytes`) at a time, cast to 16-bit `dtype` unless None."""
+    if not info.shape or info.nbytes <= slab_bytes:
         tensor = load_tensor(info)
-        yield _bytes(_cast(tensor, out_torch, name) if out_torch is not None else tensor)
+        yield _cast(tensor, dtype, name) if dtype is not None else tensor
         return
     n_rows = info.shape[0]
-    step = max(1, ROW_CHUNK_BYTES // (info.nbytes // n_rows))
+    step = max(1, slab_bytes // (info.nbytes // n_rows))
     for start in range(0, n_rows, step):
         tensor = load_tensor(info, (start, min(n_rows, start + step)))
-        yield _bytes(_cast(tensor, out_torch, name) if out_torch is not None else tensor)
+        yield _cast(tensor, dtype, name) if dtype is not None else tensor
 
 
-def _copy_side_files(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str) -> None:
+def write_side_files(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str) -> None:
+    """Config (dtype set to the merge's), generation config and tokenizer (the adapter's wins, plain template)."""
     for name in MODEL_FILES:
         if (base_dir / name).exists():
             shutil.copy2(base_dir / name, out_dir / name)
