@@ -195,6 +195,20 @@ def test_estimate_counts_eval_passes(tiny_llama3_dir):
     assert "3 eval passes" in with_eval.summary()
 
 
+def test_the_estimate_counts_a_dpo_pair_as_two_sequences_and_a_reference_pass(tiny_llama3_dir):
+    from core.train.estimate import estimate
+
+    toy_version(rows=24)
+    sft = estimate(tiny_cfg(tiny_llama3_dir, max_steps=30, eval_steps=0))
+    dpo = estimate(tiny_cfg(tiny_llama3_dir, max_steps=30, eval_steps=0, method="dpo"))
+    assert dpo.tokens_per_step == 2 * sft.tokens_per_step
+    def training_s(e):  # the start-up phases before step 1 do not depend on the method
+        return e.seconds - sum(e.parts["startup_s"].values())
+
+    assert training_s(dpo) == pytest.approx(training_s(sft) * 2 * 4 / 3, rel=0.01)  # CPU: FLOPs over a fixed rate
+    assert dpo.parts["activations"] == 2 * sft.parts["activations"]
+
+
 def _callback(run_dir: Path, **args):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 

@@ -244,8 +244,11 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
         mean_tokens, n_rows = float(cfg.max_seq_length), 0
     else:
         mean_tokens, n_rows = rows
-    sample_tokens = cfg.max_seq_length if cfg.packing else min(cfg.max_seq_length, int(mean_tokens))
-    tokens_per_micro = cfg.batch_size * (cfg.max_seq_length if not cfg.packing else cfg.max_seq_length)
+    # DPO reads a pair as two sequences (prompt + chosen, prompt + rejected; a preference version's `messages`
+    # is the first) and adds the reference's forward pass over both: 2 of training's 6 FLOPs per token.
+    seqs, ref = (2, 4 / 3) if cfg.method == "dpo" else (1, 1.0)
+    sample_tokens = seqs * (cfg.max_seq_length if cfg.packing else min(cfg.max_seq_length, int(mean_tokens)))
+    tokens_per_micro = seqs * cfg.batch_size * cfg.max_seq_length
     # Without packing a batch pads to its longest sample; budget memory for full-length rows.
     mem = memory_bytes(arch, cfg, device, tokens_per_micro)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * processes * sample_tokens
@@ -257,7 +260,7 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
                     else int(-(-n_rows * cfg.epochs // (cfg.batch_size * cfg.grad_accum * processes))))
     params = count_params(arch)
     rate = CUDA_RATE * processes if device.kind == "cuda" else CPU_RATE_PER_CORE * max(1, device.cores)
-    flops = 6 * params * tokens_per_step * steps * (4 / 3 if cfg.gradient_checkpointing else 1)
+    flops = 6 * ref * params * tokens_per_step * steps * (4 / 3 if cfg.gradient_checkpointing else 1)
     passes, eval_s = eval_passes(cfg, steps), 0.0
     if passes:  # forward only: 2 × params FLOPs per token over the whole eval split, each pass
         eval_tokens = eval_rows(cfg.dataset) * min(mean_tokens, cfg.max_seq_length)
