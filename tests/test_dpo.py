@@ -370,3 +370,18 @@ def test_train_page_launches_a_dpo_run(tiny_llama3_dir):
     at.run()
     assert not at.exception and len(at.get("plotly_chart")) >= 2  # loss curves and the DPO rewards
     jobs.kill(run_dir)
+
+
+def test_the_data_page_shows_a_pairs_text_as_written_not_as_markdown():
+    from streamlit.testing.v1 import AppTest
+
+    name = pair_version("md-pairs", [("Use **kwargs?", "def f(**kwargs):\n# not a heading", "*no*")])
+    at = AppTest.from_file("../pages/data.py", default_timeout=120)
+    at.query_params["version"] = name
+    at.run()
+    assert not at.exception, at.exception
+    shown = [m.value for m in at.markdown]
+    assert any(r"Use \*\*kwargs" in v for v in shown)        # the prompt: stars stay stars, not bold
+    assert any(r"\# not a heading" in v for v in shown)      # the chosen answer: no heading made of a comment
+    assert any(r"\*no\*" in v for v in shown)                # the rejected answer: no italics
+    assert not any(v.startswith("# not a heading") or v == "*no*" for v in shown)

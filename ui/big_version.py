@@ -9,6 +9,7 @@ from core.data import view as data_view
 from core.data.filters import default_recipe
 from core.errors import IrisError
 from ui.progress import job_panel
+from ui.text import EMPTY_TURN, show_text
 
 
 def is_big_source(source: str | None) -> bool:
@@ -44,7 +45,7 @@ def show(version: str) -> None:
         row = st.number_input("Open row", 0, rows - 1, int(table["row"].iat[0]) if len(table) else 0, key="big_row")
         for turn in bigview.open_row(version, int(row)):
             with st.chat_message({"user": "user", "assistant": "assistant"}.get(turn["role"], "ai")):
-                st.markdown(turn["content"] or "*(empty turn)*")
+                show_text(turn["content"], empty=EMPTY_TURN)
     with stats:
         if st.button("Compute statistics", key="big_stats"):
             with st.spinner("Aggregating over the shards…"):

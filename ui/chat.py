@@ -10,22 +10,10 @@ import streamlit as st
 
 from core import inference
 from core.chat import compare, transcripts
-from core.chat.display import segments
 from core.errors import IrisError
+from ui.text import show_text  # noqa: F401  (pages import it from here too)
 
 REDRAW_S = 0.1  # seconds between redraws of a streaming answer (each redraw re-sends the text so far)
-
-
-def show_text(text: str, where=None) -> None:
-    """Model text with nothing lost: Markdown characters stay characters, code blocks and LaTeX render."""
-    where = where or st
-    for kind, body, lang in segments(text):
-        if kind == "code":
-            where.code(body, language=lang or None)
-        elif kind == "latex":
-            where.latex(body)
-        else:
-            where.markdown(body)
 
 
 def stream_answer(stream: inference.Stream, on_text: Callable[[str], None] | None = None) -> str:

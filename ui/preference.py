@@ -8,6 +8,7 @@ import streamlit as st
 
 from core import runs
 from core.train.config import DPO_LOSSES, METHODS
+from ui.text import EMPTY_TURN, show_text
 
 METHOD_LABELS = {"sft": "SFT (learn the replies)", "dpo": "DPO (prefer chosen over rejected)"}
 
@@ -53,12 +54,12 @@ def show_pair(row) -> None:
     for turn in (prompt.tolist() if hasattr(prompt, "tolist") else prompt):
         with st.chat_message("user" if turn["role"] == "user" else "ai",
                              avatar=":material/settings:" if turn["role"] == "system" else None):
-            st.markdown(turn["content"] or "*(empty turn)*")
+            show_text(turn["content"], empty=EMPTY_TURN)
     left, right = st.columns(2)
     left.markdown("**Chosen**")
-    left.markdown(row["chosen"])
+    show_text(row["chosen"], left, EMPTY_TURN)
     right.markdown("**Rejected**")
-    right.markdown(row["rejected"])
+    show_text(row["rejected"], right, EMPTY_TURN)
     origin = row.get("origin")
     try:
         detail = json.loads(row.get("pair_from") or "{}")
@@ -75,4 +76,4 @@ def show_row(df, row: int) -> None:
     for turn in df["messages"].iat[row]:
         with st.chat_message({"user": "user", "assistant": "assistant"}.get(turn["role"], "ai"),
                              avatar=":material/settings:" if turn["role"] == "system" else None):
-            st.markdown(turn["content"] or "*(empty turn)*")
+            show_text(turn["content"], empty=EMPTY_TURN)
