@@ -41,10 +41,17 @@ def dpo_curves(run_name: str) -> None:
     if not rows:
         return
     fig = go.Figure()
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
-        fig.add_scatter(x=[r["step"] for r in rows], y=[r.get(key) for r in rows], name=key)
-    fig.update_layout(title=f"{run_name}: DPO rewards (β × log-ratio to the reference)", xaxis_title="step",
-                      height=340, legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0))
+    steps = [r["step"] for r in rows]
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        fig.add_scatter(x=steps, y=[r.get(key) for r in rows], name=key)
+    # accuracies are a share (0–1) while rewards are small log-ratios: a scale of their own keeps both readable
+    fig.add_scatter(x=steps, y=[r.get("rewards/accuracies") for r in rows], name="rewards/accuracies (right)",
+                    yaxis="y2", line=dict(dash="dot"))
+    fig.update_layout(title=f"{run_name}: DPO rewards (β × log-ratio to the reference)", height=360,
+                      xaxis=dict(title="step", tickformat="d"), yaxis_title="reward",
+                      yaxis2=dict(title="accuracy", overlaying="y", side="right", range=[0, 1.05], tickmode="array",
+                                  tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%", showgrid=False),
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0))
     st.plotly_chart(fig, key=f"dpo-{run_name}")
 
 
