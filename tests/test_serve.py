@@ -246,7 +246,10 @@ def test_serve_panel_starts_shows_working_snippets_stops_and_bundles(iris_home, 
     job_dir = serve.job_dir_for(port)
     try:
         wait_ready(f"http://127.0.0.1:{port}")
-        at.run()
+        # the job marks itself running just after its server answers: the snippets show from the next rerun on
+        deadline = time.time() + 30
+        while not at.run().code and time.time() < deadline:
+            time.sleep(0.5)
         curl, python = (c.value for c in at.code[:2])
         assert curl.startswith(f"curl http://127.0.0.1:{port}/v1/chat/completions") and "Authorization" not in curl
         out = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, timeout=300)  # as shown
