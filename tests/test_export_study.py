@@ -65,6 +65,10 @@ def test_study_from_the_page_one_merge_one_conversion_measured_quants(llama3_256
         assert r["verdict"] in ("pass", "warn", "fail") and 0 < r["top1_agreement"] <= 1
     assert all(r["perplexity"] > 1 for r in rows.values())  # ordering is pinned on a real model below
     assert rows["f16"]["size_bytes"] > rows["q8_0"]["size_bytes"] > rows["q4_k_m"]["size_bytes"]
+    # each quant's RAM is its own process's: the f16 holds about its larger file more than the q4_k_m (the peak
+    # carried over exec from the job that spawned them once made every quant show the job's own peak)
+    gap = rows["f16"]["size_bytes"] - rows["q4_k_m"]["size_bytes"]
+    assert rows["f16"]["peak_rss_bytes"] - rows["q4_k_m"]["peak_rss_bytes"] > gap / 2
     assert study["recommendation"] == recommend(study) and study["recommendation"].split()[0] in rows
     assert (folder / "study.png").read_bytes()[:4] == b"\x89PNG" and b"plotly" in (folder / "study.html").read_bytes()
 

@@ -95,8 +95,6 @@ def measure(gguf: Path, prompts: list[list[int]], threads: int) -> dict:
 
 def _bench(gguf: Path, prompts: list[list[int]], threads: int) -> dict:
     """What `measure` runs in the child process."""
-    import resource
-
     from llama_cpp import Llama
 
     n_ctx = max(len(p) for p in prompts) + GEN_TOKENS + 8
@@ -123,7 +121,22 @@ def _bench(gguf: Path, prompts: list[list[int]], threads: int) -> dict:
     return {"threads": threads, "load_s": round(load_s, 3), "ttft_s": round(sorted(ttft)[len(ttft) // 2], 4),
             "prompt_tok_s": round(prompt_n / sum(ttft), 2), "gen_tok_s": round(gen_n / gen_s, 2) if gen_s else 0.0,
             "generated_tokens": gen_n, "prompt_tokens": prompt_n,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss_bytes": peak_rss_bytes()}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM belongs to the process's own memory map, so it starts afresh at
+    exec; ru_maxrss does not (Linux carries the parent's peak over exec: every quant then showed the study
+    process's own 1.5 GB). ru_maxrss only where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_study(ggufs: dict[str, Path], report: dict, model_dir: Path, dataset: str | None, threads: int,
