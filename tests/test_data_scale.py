@@ -162,15 +162,23 @@ def test_ray_address_that_does_not_answer_is_one_sentence_fast():
     assert time.time() - start <= 10
 
 
-def test_a_shard_that_fails_to_parse_names_file_and_rows_and_saves_nothing(iris_home):
-    store.import_source("sample", "s")
-    df, _ = store.load_version_rows("s")
-    folder = versions.version_dir("s")
+def sample_in_1000_row_shards(name: str = "s"):
+    """The bundled sample saved as version `name`, its train split rewritten as 1000-row Parquet shards: (rows,
+    version folder)."""
+    import pyarrow as pa
+
+    store.import_source("sample", name)
+    df, _ = store.load_version_rows(name)
+    folder = versions.version_dir(name)
     (folder / "train.parquet").unlink()
     writer = shards.ShardWriter(folder / "train.parquet", shard_rows=1000)
-    import pyarrow as pa
     writer.write(pa.Table.from_pandas(df, preserve_index=False))
     writer.close()
+    return df, folder
+
+
+def test_a_shard_that_fails_to_parse_names_file_and_rows_and_saves_nothing(iris_home):
+    df, folder = sample_in_1000_row_shards()
     broken = folder / "train.parquet" / "part-00002.parquet"
     data = bytearray(broken.read_bytes())
     data[len(data) // 2: len(data) // 2 + 4000] = b"\0" * 4000  # a torn middle: the footer still reads
@@ -183,14 +191,7 @@ def test_a_shard_that_fails_to_parse_names_file_and_rows_and_saves_nothing(iris_
 def test_opening_a_row_of_a_big_version_reads_only_its_shard(iris_home):
     from core.data import bigview
 
-    store.import_source("sample", "s")
-    df, _ = store.load_version_rows("s")
-    folder = versions.version_dir("s")
-    (folder / "train.parquet").unlink()
-    writer = shards.ShardWriter(folder / "train.parquet", shard_rows=1000)
-    import pyarrow as pa
-    writer.write(pa.Table.from_pandas(df, preserve_index=False))
-    writer.close()
+    df, folder = sample_in_1000_row_shards()
     for row in (0, 999, 1000, len(df) - 1):
         assert bigview.open_row("s", row) == [dict(m) for m in df["messages"].iat[row]]
     assert bigview.open_row("s", len(df)) == []

@@ -138,16 +138,13 @@ def load_model(cfg: TrainConfig, model_dir: Path, backend: str):
     return model, tokenizer, peft_config
 
 
-def sft_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool, streaming: bool = False):
-    """trl's SFTConfig for `cfg`. Datasets arrive tokenised (core.train.tokens: labels already carry the
-    assistant-only mask), so trl neither tokenises nor masks; `streaming` datasets are not prepared at all."""
-    from trl import SFTConfig
-
-    cuda = cuda_available()
+def common_args(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool) -> dict:
+    """The Trainer arguments every method shares (SFT here, DPO in core.train.dpo): schedule, checkpoints,
+    evaluation, logging, precision and the data loader."""
     import torch
 
-    bf16 = bool(cuda and torch.cuda.is_bf16_supported())
-    return SFTConfig(
+    cuda = cuda_available()
+    return dict(
         output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
@@ -156,15 +153,26 @@ def sft_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool,
         eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps or None,
         logging_steps=cfg.logging_steps, logging_first_step=True, seed=cfg.seed, data_seed=cfg.seed,
         optim=cfg.optimizer, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler,
-        bf16=bf16, fp16=False, use_cpu=not cuda,
+        bf16=bool(cuda and torch.cuda.is_bf16_supported()), fp16=False, use_cpu=not cuda,
         # unsloth applies its own (offloaded) checkpointing inside get_peft_model
         gradient_checkpointing=cfg.gradient_checkpointing and backend != "unsloth",
-        max_length=cfg.max_seq_length, packing=cfg.packing, assistant_only_loss=False,
-        dataset_kwargs={"skip_prepare_dataset": True} if streaming else None,
-        remove_unused_columns=not streaming,  # the transform needs its `index` column
+        max_length=cfg.max_seq_length,
         include_num_input_tokens_seen="non_padding",  # tokens/s in metrics.jsonl, on every backend
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, save_only_model=False,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
+    )
+
+
+def sft_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool, streaming: bool = False):
+    """trl's SFTConfig for `cfg`. Datasets arrive tokenised (core.train.tokens: labels already carry the
+    assistant-only mask), so trl neither tokenises nor masks; `streaming` datasets are not prepared at all."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common_args(cfg, output_dir, backend, has_eval),
+        packing=cfg.packing, assistant_only_loss=False,
+        dataset_kwargs={"skip_prepare_dataset": True} if streaming else None,
+        remove_unused_columns=not streaming,  # the transform needs its `index` column
     )
 
 

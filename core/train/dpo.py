@@ -138,28 +138,11 @@ def load_model(cfg: TrainConfig, model_dir: Path, backend: str):
 
 def dpo_config(cfg: TrainConfig, output_dir: Path, backend: str, has_eval: bool):
     """trl's DPOConfig for `cfg`: the SFT job's schedule, checkpoints and logging, plus beta and the loss."""
-    import torch
     from trl import DPOConfig
 
-    from core.train.backends import cuda_available, world_size
+    from core.train.backends import common_args
 
-    cuda = cuda_available()
-    return DPOConfig(
-        output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-        max_steps=cfg.max_steps if cfg.max_steps else -1, num_train_epochs=cfg.epochs,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,
-        eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps or None,
-        logging_steps=cfg.logging_steps, logging_first_step=True, seed=cfg.seed, data_seed=cfg.seed,
-        optim=cfg.optimizer, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.lr_scheduler,
-        bf16=bool(cuda and torch.cuda.is_bf16_supported()), fp16=False, use_cpu=not cuda,
-        gradient_checkpointing=cfg.gradient_checkpointing and backend != "unsloth",
-        beta=cfg.beta, loss_type=[cfg.loss_type], max_length=cfg.max_seq_length,
-        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
-        dataloader_num_workers=0, save_only_model=False,
-        ddp_find_unused_parameters=False if world_size() > 1 else None,
-    )
+    return DPOConfig(**common_args(cfg, output_dir, backend, has_eval), beta=cfg.beta, loss_type=[cfg.loss_type])
 
 
 class PlainLogProbs:
