@@ -250,8 +250,9 @@ def generate_pairs(specs: list, model_id: str, k: int = 4, seed: int = 0, temper
             samples = [engine.generate(prompt, inference.DecodingSettings(
                 temperature=temperature, top_p=0.95, top_k=0, repeat_penalty=1.0, max_new_tokens=max_new_tokens,
                 seed=seed + j)).text for j in range(k)]
-            scores = [dataset.score_answer(answer=final_answer(s), entry=entry) for s in samples]
-            picked = pair_from_samples(entry["question"], samples, lambda a, e=entry: dataset.score_answer(answer=a, entry=e))
+            answers = [final_answer(s) for s in samples]
+            scores = [dataset.score_answer(answer=a, entry=entry) for a in answers]
+            picked = pair_from_samples(entry["question"], samples, dict(zip(answers, scores)).__getitem__)  # scored once
             prompts += 1
             if progress:
                 progress(prompts, total)
