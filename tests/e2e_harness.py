@@ -76,3 +76,25 @@ def model_shown(page, text: str, timeout_s: float = 120) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"Model selectbox shows {shown!r}, not {text!r}")
+
+
+def pick_option(scope, label: str, option, timeout_s: float = 300) -> None:
+    """Open the selectbox labelled `label` inside `scope` (a page or locator) and click the option named `option`
+    (text or regex). A click that lands while the script is still running can focus the box without leaving its
+    list open (seen under load right after a reload), so the box is clicked again until the list shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = scope.get_by_role("combobox", name=label).first  # the box itself, not its help icon
+    wanted = scope.page if hasattr(scope, "page") else scope
+    item = wanted.get_by_role("option", name=option).first  # the list is drawn in a popover outside `scope`
+    deadline = time.time() + timeout_s
+    while True:
+        box.click()
+        try:
+            item.wait_for(state="visible", timeout=5_000)
+            item.click()
+            return
+        except PlaywrightTimeout:
+            if time.time() > deadline:
+                raise
+            box.press("Escape")

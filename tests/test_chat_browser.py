@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e_harness import CHROMIUM, CHROMIUM_ARGS, model_shown, running_app
+from tests.e2e_harness import CHROMIUM, CHROMIUM_ARGS, model_shown, pick_option, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -72,8 +72,7 @@ def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(home_with_model)
         model_shown(a, "fine · fine-q4_1.gguf")  # the newest export is the default model
 
         # reopen: the Model selector follows the last answer, the text reads back exactly as written
-        sidebar.get_by_label("Saved", exact=True).click()
-        a.get_by_role("option", name=re.compile("Show your working")).first.click()
+        pick_option(sidebar, "Saved", re.compile("Show your working"))
         sidebar.get_by_test_id("stButton").filter(has_text=re.compile(r"^Open$")).click()
         expect(sidebar.get_by_text(re.compile("Reopened a chat"))).to_be_visible()
         model_shown(a, EMBEDDED_LABEL)
@@ -102,8 +101,7 @@ def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(home_with_model)
         b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
         b.set_default_timeout(180_000)
         _open_chat(b, url)
-        b.get_by_test_id("stSidebar").get_by_label("Model", exact=True).click()  # the model session a uses
-        b.get_by_role("option", name=EMBEDDED_LABEL).click()
+        pick_option(b.get_by_test_id("stSidebar"), "Model", EMBEDDED_LABEL)  # the model session a uses
         _button(a, "New chat").click()
         expect(a.get_by_test_id("stChatMessage")).to_have_count(0)
         _send(a, "Write a very long story about a dragon who learns to count.")

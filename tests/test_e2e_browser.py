@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.docs_shots import doc_shot, evaluate_and_shoot
-from tests.e2e_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, model_shown, running_app
+from tests.e2e_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, model_shown, pick_option, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
@@ -23,8 +23,7 @@ def shot(page, name: str) -> None:
 
 def choose(page, label: str, option: str) -> None:
     """Pick `option` in the Streamlit selectbox labelled `label`."""
-    page.get_by_role("combobox", name=label).first.click()  # the box itself, not its help icon
-    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    pick_option(page, label, re.compile(re.escape(option)))
 
 
 def set_number(page, label: str, value) -> None:
@@ -130,8 +129,7 @@ def _walk(page, url: str, t_start: float, timings: dict) -> None:
     expect(page.get_by_test_id("stChatMessage").nth(1)).to_contain_text("tok/s", timeout=600_000)
     page.reload()
     page.get_by_role("heading", name="Chat").first.wait_for(timeout=120_000)
-    sidebar.get_by_label("Saved", exact=True).click()
-    page.get_by_role("option", name=re.compile(r"chat · Is 84")).first.click()
+    pick_option(sidebar, "Saved", re.compile(r"chat · Is 84"))
     sidebar.get_by_test_id("stButton").filter(has_text=re.compile(r"^Open$")).click()
     model_shown(page, "q4_k_m.gguf")
     question = page.get_by_test_id("stChatMessage").first
