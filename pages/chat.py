@@ -101,7 +101,8 @@ with tab_chat:
             if stream.note:
                 st.caption(f"⚠ {stream.note}")
             st.button("Stop", key="stop")
-            record = transcripts.answer_message("", {}, stream.note, model_id, settings, choice)  # if Stop comes
+            record = transcripts.answer_message("", {}, stream.note, model_id, settings, choice)
+            ss.partial = {**record, "content": ""}  # Stop before the first token still leaves a "stopped" answer
             try:
                 chat_ui.stream_answer(stream, lambda text: ss.update(partial={**record, "content": text}))
             except IrisError as err:  # failed mid-answer (model deleted?): unsend the message, keep its text

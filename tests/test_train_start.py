@@ -167,8 +167,10 @@ def test_the_loss_curve_ticks_whole_steps(last, tick):
 
 
 @pytest.mark.slow
-def test_launch_hands_the_run_to_a_warm_process(tiny_llama3_dir, monkeypatch):
-    """The Train page keeps a process with the training libraries imported; Launch gives it the run."""
+def test_launch_hands_the_run_to_a_warm_process(home_with_model, monkeypatch):
+    """The Train page keeps a process with the training libraries imported and the embedded base model loaded;
+    Launch gives it the run, which starts from that model instead of reading it again."""
+    from core.models import EMBEDDED_ID
     from core.train import launch
 
     monkeypatch.setenv("IRIS_WARM_START", "1")
@@ -179,7 +181,8 @@ def test_launch_hands_the_run_to_a_warm_process(tiny_llama3_dir, monkeypatch):
     while not (launch.warm_dir() / f"{pid}.ready").exists():
         assert time.time() < deadline and jobs.pid_alive(pid), (launch.warm_dir() / "warm.log").read_text()
         time.sleep(0.2)
-    run_dir = lora.start(tiny_cfg(tiny_llama3_dir, run_name="warm", eval_steps=0))
+    cfg = tiny_cfg(EMBEDDED_ID, run_name="warm", eval_steps=0, max_seq_length=48)
+    run_dir = lora.start(cfg)
     assert launch.warm_up() is None  # not while a run starts: its imports would take a core from the run
     assert jobs.read_status(run_dir)["pid"] == pid and jobs.read_status(run_dir)["warm"]
     while jobs.read_status(run_dir)["state"] in jobs.ACTIVE:
@@ -189,4 +192,5 @@ def test_launch_hands_the_run_to_a_warm_process(tiny_llama3_dir, monkeypatch):
     assert status["state"] == "completed", jobs.tail(run_dir / runs.LOG)
     assert len(losses(run_dir)) == 4
     assert list(status["phase_times"])[0] == "handing over to a warm process" and "step 1 done" in status["phase_times"]
+    assert "was loaded while the process waited" in (run_dir / runs.LOG).read_text()
     assert not list(launch.warm_dir().glob(f"{pid}.*"))  # its marks are gone with it

@@ -111,7 +111,7 @@ def write_cluster_files(run_dir: Path, hosts: list[str], per_host: int, port: in
 # Train page keeps one process waiting with those imports done (`warm_up`, while no run is starting or training);
 # Launch hands it the run (`claim_warm`, `launch_warm`): it becomes that run's job, exactly `python -m core.train
 # ARGS` from there on. One-process runs on this machine only; without a ready one, Launch starts a new Python.
-WARM_IDLE_S = 1800.0  # an unclaimed warm process exits after 30 min (it holds ~0.5 GB of imported libraries)
+WARM_IDLE_S = 1800.0  # an unclaimed warm process exits after 30 min (it holds ~0.5 GB of libraries + 0.55 GB model)
 WARM_MODULES = ("torch", "transformers", "transformers.models.llama.modeling_llama", "transformers.trainer",
                 "peft", "trl", "datasets", "pyarrow.parquet", "core.train.backends", "core.train.callbacks",
                 "core.train.tokens")
@@ -180,6 +180,18 @@ def launch_warm(run_dir: Path, pid: int, args: list[str], log_name: str) -> int:
     return pid
 
 
+def preload_embedded() -> None:
+    """Load the embedded base model (the CPU presets' base), if this machine has materialised it, so a run on it
+    skips reading its weights; a run on another base loads its own as usual. Holds ~0.55 GB more while waiting."""
+    from core.models import EMBEDDED_ID
+    from core.paths import models_dir
+    from core.train import backends
+
+    folder = models_dir() / EMBEDDED_ID
+    if (folder / "model.safetensors").exists():
+        backends.preload(folder)
+
+
 def serve_warm(idle_s: float = WARM_IDLE_S) -> list[str] | None:
     """`python -m core.train --warm`: import what a run needs, say so, wait for a run. Returns that run's CLI
     arguments (stdout and stderr now go to its log), or None when nobody came within `idle_s`."""
@@ -189,6 +201,7 @@ def serve_warm(idle_s: float = WARM_IDLE_S) -> list[str] | None:
 
     for module in WARM_MODULES:
         importlib.import_module(module)
+    preload_embedded()
     folder, pid = warm_dir(), os.getpid()
     (folder / f"{pid}.ready").touch()
     (folder / f"{pid}.starting").unlink(missing_ok=True)
