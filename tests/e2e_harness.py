@@ -11,7 +11,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from playwright.sync_api import expect
+
 from core.paths import REPO_ROOT
+
+# A rerun on 2 cores shared with a training job or the rest of the suite can take well over Playwright's default 5 s
+# for an `expect`; every browser test imports this module, so each assertion waits up to a minute instead.
+expect.set_options(timeout=60_000)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

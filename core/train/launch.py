@@ -153,6 +153,16 @@ def warm_up() -> int | None:
     return proc.pid
 
 
+def warm_ready(base_model: str = "") -> str:
+    """What a Launch now would find: "model" (a warm process ready with `base_model` loaded: the embedded one),
+    "imports" (one ready), or "" (none: a new Python starts). For the estimate; claims nothing."""
+    from core.models import is_embedded
+
+    folder = warm_dir()
+    ready = warm_enabled() and folder.exists() and any(jobs.pid_alive(int(m.stem)) for m in folder.glob("*.ready"))
+    return ("model" if is_embedded(base_model) else "imports") if ready else ""
+
+
 def claim_warm() -> int | None:
     """Reserve a ready warm process for the caller (an atomic rename, so two Launches never share one): its pid."""
     folder = warm_dir()
