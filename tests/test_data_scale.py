@@ -55,8 +55,11 @@ def test_duckdb_engine_saves_the_in_memory_result_on_the_sample(iris_home):
     recipe.eval_fraction = 0.1
     expected = in_memory("s", recipe)
     assert expected.funnel[-1]["dropped"] > 0  # near duplicates were found: the comparison means something
-    bigdata.filter_any("s", recipe, "big", engine="duckdb", workers=2)
+    # pieces of 97 rows: the write pass's shards (one a piece, written by 2 workers finishing in any order)
+    # and its content hash (taken in row order, train rows then eval rows) must still give the same version
+    bigdata.filter_any("s", recipe, "big", engine="duckdb", workers=2, chunk_rows=97)
     store.save_filtered(expected, recipe, "mem", {"version": "s"})
+    assert len(shards.split_files(versions.version_dir("big"), "eval")) > 1
     big, mem = versions.load_manifest("big"), versions.load_manifest("mem")
     assert big["content_hash"] == mem["content_hash"]
     assert big["rows"] == mem["rows"] and big["dropped_by_reason"] == mem["dropped_by_reason"]

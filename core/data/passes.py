@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from core.data import dedup, measure
-from core.data.formats import conversation_text
-from core.data.shards import Piece, piece_frame
+from core.data.formats import as_lists, conversation_text
+from core.data.shards import Piece, piece_frame, read_piece
 
-MEASURE, BANDS, SIGS, VERIFY = "measure", "bands", "sigs", "verify"
+MEASURE, BANDS, SIGS, VERIFY, WRITE = "measure", "bands", "sigs", "verify", "write"
 
 
 def piece_name(offset: int) -> str:
@@ -94,10 +94,13 @@ def verify_piece(task: dict) -> dict:
     """Sorted word-5-gram sets of task["rows"] (global rows) of one piece, the rows left after the signature
     checks, written to WORK/verify/piece-<offset>.npz (rows, set_values, set_offsets); returns offset and
     row count."""
+    import pyarrow as pa
+
     piece, work = Piece(**task["piece"]), Path(task["work"])
     rows = np.asarray(task["rows"], dtype=np.int64)
-    df = piece_frame(piece, ["messages"])
-    texts = [conversation_text(df["messages"].iat[int(r - piece.offset)]) for r in rows]
+    # only the rows asked for become Python objects (a few % of the piece): Arrow takes them first
+    table = read_piece(piece, ["messages"]).take(pa.array(rows - piece.offset))
+    texts = [conversation_text(m) for m in as_lists(table.to_pandas())["messages"]]
     sets = dedup.shingle_sets(texts, np.arange(len(texts)))
     values = [sets[k] for k in range(len(texts))]
     offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int64)
@@ -106,3 +109,50 @@ def verify_piece(task: dict) -> dict:
     np.savez(tmp, rows=rows, set_values=np.concatenate([np.zeros(0, np.uint64)] + values), set_offsets=offsets)
     tmp.replace(path)
     return {"offset": piece.offset, "rows": len(rows)}
+
+
+class _Lines:
+    """Collects what versions.hash_rows feeds its sha256, so a worker can serialise its rows and the parent
+    only hashes the bytes, in row order."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+def write_piece(task: dict) -> dict:
+    """Pass 5 for one piece: its kept rows (task["train"] / task["eval"]: rows within the piece, in order)
+    written as shard `part-<index>` of out/train.parquet/ and out/eval.parquet/ (cast to task["schema_of"]'s
+    schema, so every shard has one schema), and the bytes versions.hash_rows hashes for them written to
+    WORK/write/<split>-<offset>.bin for the parent to hash in row order; returns offset and row counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core import versions
+    from core.data.shards import GROUP_ROWS
+
+    piece, work, out = Piece(**task["piece"]), Path(task["work"]), Path(task["out"])
+    table = read_piece(piece)
+    schema = pq.read_schema(task["schema_of"])
+    counts = {}
+    for split in ("train", "eval"):
+        local = np.asarray(task[split], dtype=np.int64)
+        counts[split] = len(local)
+        if not len(local):
+            continue
+        rows = table.take(pa.array(local))
+        lines = _Lines()
+        versions.hash_rows(lines, rows.to_pandas())
+        path = work / WRITE / f"{split}-{piece.offset:012d}.bin"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(b"".join(lines.parts))
+        tmp.replace(path)
+        folder = out / f"{split}.parquet"
+        folder.mkdir(parents=True, exist_ok=True)
+        if rows.schema != schema:  # e.g. a piece whose `score` is all null: same columns, cast
+            rows = rows.cast(schema)
+        pq.write_table(rows, folder / f"part-{task['index']:05d}.parquet", row_group_size=GROUP_ROWS)
+    return {"offset": piece.offset, "rows": piece.rows, "train": counts["train"], "eval": counts["eval"],
+            "columns": table.column_names}
