@@ -203,6 +203,19 @@ def test_opening_a_row_of_a_big_version_reads_only_its_shard(iris_home):
     assert bigview.open_row("s", 5) == [dict(m) for m in df["messages"].iat[5]]
 
 
+def test_a_page_of_a_big_version_spans_shards_and_reads_only_its_own(iris_home):
+    from core.data import bigview
+
+    df, folder = sample_in_1000_row_shards()
+    table, total = bigview.browse("s", 20)  # rows 950–999 in shard 0; page 21 holds 1000–1049 of shard 1
+    assert total == len(df) and table["row"].tolist() == list(range(950, 1000))
+    broken = folder / "train.parquet" / "part-00002.parquet"
+    broken.write_bytes(broken.read_bytes()[:100])  # a shard the page does not touch cannot fail it
+    table, _ = bigview.browse("s", 21)
+    assert table["row"].tolist() == list(range(1000, 1050))
+    assert table["turns"].tolist() == [len(m) for m in df["messages"].iloc[1000:1050]]
+
+
 def test_not_enough_disk_says_how_much_before_starting(tmp_path):
     from core.paths import free_disk_bytes
 
