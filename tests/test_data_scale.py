@@ -80,6 +80,22 @@ def test_piece_size_does_not_change_results(iris_home):
     assert_same(out_of_core("small", recipe, runner, 7, "seven"), out_of_core("small", recipe, runner, 10_000, "ten-k"))
 
 
+def test_candidates_do_not_depend_on_how_many_bands_are_sorted_at_once(iris_home, monkeypatch):
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    versions.save("small", df.iloc[:600])
+    recipe, runner = default_recipe(), engine_duckdb.LocalRunner(1)
+    whole = out_of_core("small", recipe, runner, 100, "all-bands")  # 600 rows: every band in one sort
+    all_pairs = np.load(engine_duckdb.work_dir("all-bands") / "pairs.npy")
+    monkeypatch.setattr(engine_duckdb, "BAND_ROWS", 1)  # one band a sort: 64 reads of one row group each
+    one = out_of_core("small", recipe, runner, 100, "one-band")
+    pairs = np.load(engine_duckdb.work_dir("one-band") / "pairs.npy")
+    assert len(pairs) > 0 and (pairs[:, 0] < pairs[:, 1]).all()
+    np.testing.assert_array_equal(pairs, all_pairs)
+    assert (np.diff(pairs[:, 0] * len(df) + pairs[:, 1]) > 0).all()  # unique, sorted by (i, j)
+    assert_same(one, whole)
+
+
 def test_each_row_is_normalised_and_minhashed_once_out_of_core(iris_home, monkeypatch):
     from core.data import dedup
 

@@ -54,9 +54,9 @@ def band_keys(sig: np.ndarray, rows: np.ndarray, near_base: float):
     return pd.concat(parts, ignore_index=True)
 
 
-def _write(table, path: Path) -> None:
+def _write(table, path: Path, **parquet) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
+    table.to_parquet(tmp, index=False, **parquet)
     tmp.replace(path)
 
 
@@ -85,7 +85,10 @@ def measure_piece(task: dict) -> dict:
     out.insert(0, "row", rows)
     if sigs is not None:  # the signatures themselves for verify's checks (2 KiB a row), then the band keys
         _save(sigs[0], work / SIGS / f"piece-{piece.offset:012d}.npy")
-        _write(band_keys(sigs[0], rows, task["near_base"]), work / BANDS / piece_name(piece.offset))
+        keys = band_keys(sigs[0], rows, task["near_base"])
+        per_band = max(1, len(keys) // band_plan(task["near_base"], sigs[0].shape[1])[0])
+        # one Parquet row group per band (their min/max statistics let band_pairs read only its bands)
+        _write(keys, work / BANDS / piece_name(piece.offset), row_group_size=per_band)
     _write(out, work / MEASURE / piece_name(piece.offset))  # last: its presence means the piece is done
     return {"offset": piece.offset, "rows": len(df)}
 
@@ -201,3 +204,40 @@ def write_piece(task: dict) -> dict:
         pq.write_table(rows, folder / f"part-{task['index']:05d}.parquet", row_group_size=GROUP_ROWS)
     return {"offset": piece.offset, "rows": piece.rows, "train": counts["train"], "eval": counts["eval"],
             "columns": table.column_names}
+
+
+MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as dedup.lsh_candidates
+
+
+def band_pairs(files: list[str], first: int, last: int) -> np.ndarray:
+    """Candidate pairs (i < j) from the buckets of bands first..last: in every (band, key) bucket, members in
+    row order, each paired with the next MAX_OFFSET members, as dedup.lsh_candidates pairs them. Reads only
+    those bands' row groups (a range filter the band files' statistics answer)."""
+    import pyarrow.dataset as pads
+
+    band_field = pads.field("band")
+    table = pads.dataset(files, format="parquet").to_table(filter=(band_field >= first) & (band_field <= last))
+    band, key, row = (table[c].to_numpy() for c in ("band", "key", "row"))
+    del table
+    order = np.lexsort((row, key, band))
+    band, key, row = band[order], key[order], row[order]
+    del order
+    new = np.concatenate([[True], (band[1:] != band[:-1]) | (key[1:] != key[:-1])])
+    del band, key
+    group = np.cumsum(new)
+    out = [np.zeros((0, 2), dtype=np.int64)]
+    for d in range(1, MAX_OFFSET + 1):
+        same = group[d:] == group[:-d]
+        if not same.any():
+            break
+        out.append(np.stack([row[:-d][same], row[d:][same]], axis=1).astype(np.int64))
+    return np.concatenate(out)
+
+
+def unique_pairs(parts: list[np.ndarray]) -> np.ndarray:
+    """The union of pair arrays, unique and sorted by (i, j) (one int64 per pair: rows stay below 2^31)."""
+    pairs = np.concatenate([np.zeros((0, 2), dtype=np.int64)] + parts)
+    if not len(pairs):
+        return pairs
+    code = np.unique(pairs[:, 0] << 31 | pairs[:, 1])
+    return np.stack([code >> 31, code & ((1 << 31) - 1)], axis=1)
