@@ -382,3 +382,22 @@ def test_row_lines_are_the_bytes_hash_rows_hashes():
         want, got = hashlib.sha256(), hashlib.sha256(passes.row_lines(table))
         versions.hash_rows(want, table.to_pandas())
         assert got.hexdigest() == want.hexdigest(), name
+
+
+def test_the_data_page_imports_pandas_in_the_background_before_a_big_version_opens():
+    """Streamlit imports pandas at the first st.dataframe; on a cold app that import was most of the time to
+    a big version's page 1, so ui.big_version starts it in a thread when the page loads."""
+    code = ("import sys, threading\n"
+            "import ui.big_version\n"
+            "warm = [t for t in threading.enumerate() if t.name == 'iris-prewarm-pandas']\n"
+            "[t.join(120) for t in warm]\n"
+            "print(len(warm) <= 1, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
+    # nothing else on the import path loads pandas: without the thread it would not be there
+    code = ("import sys, threading\n"
+            "threading.Thread.start = lambda self: None\n"
+            "import ui.big_version\n"
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["False"], out.stderr[-2000:]
