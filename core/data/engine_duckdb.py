@@ -110,9 +110,10 @@ def grouped_candidates(work: Path, near_base: float, rows: int) -> np.ndarray:
     if not files:
         return np.zeros((0, 2), dtype=np.int64)
     bands = passes.band_plan(near_base)[0]
-    run = max(1, min(bands, BAND_ROWS // max(1, rows)))
-    return passes.unique_pairs([passes.band_pairs(files, lo, min(bands, lo + run) - 1)
-                                for lo in range(0, bands, run)])
+    run, pairs = max(1, min(bands, BAND_ROWS // max(1, rows))), np.zeros((0, 2), dtype=np.int64)
+    for lo in range(0, bands, run):  # merged run by run: only the distinct pairs are held
+        pairs = passes.unique_pairs([pairs, passes.band_pairs(files, lo, min(bands, lo + run) - 1)])
+    return pairs
 
 
 BAND_ROWS = 8_000_000  # band keys sorted at once (≈ 0.5 GB with the sort's temporaries)

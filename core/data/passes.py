@@ -210,15 +210,12 @@ MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as 
 
 
 def band_pairs(files: list[str], first: int, last: int) -> np.ndarray:
-    """Candidate pairs (i < j) from the buckets of bands first..last: in every (band, key) bucket, members in
-    row order, each paired with the next MAX_OFFSET members, as dedup.lsh_candidates pairs them. Reads only
-    those bands' row groups (a range filter the band files' statistics answer)."""
-    import pyarrow.dataset as pads
-
-    band_field = pads.field("band")
-    table = pads.dataset(files, format="parquet").to_table(filter=(band_field >= first) & (band_field <= last))
-    band, key, row = (table[c].to_numpy() for c in ("band", "key", "row"))
-    del table
+    """Candidate pairs (i < j, unique, sorted) from the buckets of bands first..last: in every (band, key)
+    bucket, members in row order, each paired with the next MAX_OFFSET members, as dedup.lsh_candidates pairs
+    them. Reads only the row groups whose statistics say they hold those bands. Unique before returning:
+    a cluster of exact copies gives the same pairs in every band (at 2M rows the raw pairs of all bands
+    held 15 GB)."""
+    band, key, row = _band_rows(files, first, last)
     order = np.lexsort((row, key, band))
     band, key, row = band[order], key[order], row[order]
     del order
@@ -230,8 +227,32 @@ def band_pairs(files: list[str], first: int, last: int) -> np.ndarray:
         same = group[d:] == group[:-d]
         if not same.any():
             break
-        out.append(np.stack([row[:-d][same], row[d:][same]], axis=1).astype(np.int64))
-    return np.concatenate(out)
+        out.append(unique_pairs([np.stack([row[:-d][same], row[d:][same]], axis=1).astype(np.int64)]))
+    return unique_pairs(out)
+
+
+def _band_rows(files: list[str], first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(band, key, row) of bands first..last from every band file, row group by row group."""
+    import pyarrow.parquet as pq
+
+    parts = {"band": [], "key": [], "row": []}
+    for path in files:
+        pf = pq.ParquetFile(path)
+        at = pf.schema_arrow.get_field_index("band")
+        groups = []
+        for g in range(pf.metadata.num_row_groups):
+            stats = pf.metadata.row_group(g).column(at).statistics
+            if stats is None or not stats.has_min_max or (stats.min <= last and stats.max >= first):
+                groups.append(g)
+        if not groups:
+            continue
+        table = pf.read_row_groups(groups, columns=["band", "key", "row"])
+        band = table["band"].to_numpy()
+        keep = (band >= first) & (band <= last)
+        for name, values in (("band", band), ("key", table["key"].to_numpy()), ("row", table["row"].to_numpy())):
+            parts[name].append(values[keep])
+    empty = {"band": np.int16, "key": np.uint64, "row": np.int64}
+    return tuple(np.concatenate(parts[c]) if parts[c] else np.zeros(0, empty[c]) for c in ("band", "key", "row"))
 
 
 def unique_pairs(parts: list[np.ndarray]) -> np.ndarray:
