@@ -55,8 +55,11 @@ def test_duckdb_engine_saves_the_in_memory_result_on_the_sample(iris_home):
     recipe.eval_fraction = 0.1
     expected = in_memory("s", recipe)
     assert expected.funnel[-1]["dropped"] > 0  # near duplicates were found: the comparison means something
-    bigdata.filter_any("s", recipe, "big", engine="duckdb", workers=2)
+    # pieces of 97 rows: the write pass's shards (one a piece, written by 2 workers finishing in any order)
+    # and its content hash (taken in row order, train rows then eval rows) must still give the same version
+    bigdata.filter_any("s", recipe, "big", engine="duckdb", workers=2, chunk_rows=97)
     store.save_filtered(expected, recipe, "mem", {"version": "s"})
+    assert len(shards.split_files(versions.version_dir("big"), "eval")) > 1
     big, mem = versions.load_manifest("big"), versions.load_manifest("mem")
     assert big["content_hash"] == mem["content_hash"]
     assert big["rows"] == mem["rows"] and big["dropped_by_reason"] == mem["dropped_by_reason"]
@@ -75,6 +78,22 @@ def test_piece_size_does_not_change_results(iris_home):
     recipe = default_recipe()
     runner = engine_duckdb.LocalRunner(1)
     assert_same(out_of_core("small", recipe, runner, 7, "seven"), out_of_core("small", recipe, runner, 10_000, "ten-k"))
+
+
+def test_candidates_do_not_depend_on_how_many_bands_are_sorted_at_once(iris_home, monkeypatch):
+    store.import_source("sample", "s")
+    df, _ = store.load_version_rows("s")
+    versions.save("small", df.iloc[:600])
+    recipe, runner = default_recipe(), engine_duckdb.LocalRunner(1)
+    whole = out_of_core("small", recipe, runner, 100, "all-bands")  # 600 rows: every band in one sort
+    all_pairs = np.load(engine_duckdb.work_dir("all-bands") / "pairs.npy")
+    monkeypatch.setattr(engine_duckdb, "BAND_ROWS", 1)  # one band a sort: 64 reads of one row group each
+    one = out_of_core("small", recipe, runner, 100, "one-band")
+    pairs = np.load(engine_duckdb.work_dir("one-band") / "pairs.npy")
+    assert len(pairs) > 0 and (pairs[:, 0] < pairs[:, 1]).all()
+    np.testing.assert_array_equal(pairs, all_pairs)
+    assert (np.diff(pairs[:, 0] * len(df) + pairs[:, 1]) > 0).all()  # unique, sorted by (i, j)
+    assert_same(one, whole)
 
 
 def test_each_row_is_normalised_and_minhashed_once_out_of_core(iris_home, monkeypatch):
@@ -200,6 +219,19 @@ def test_opening_a_row_of_a_big_version_reads_only_its_shard(iris_home):
     assert bigview.open_row("s", 5) == [dict(m) for m in df["messages"].iat[5]]
 
 
+def test_a_page_of_a_big_version_spans_shards_and_reads_only_its_own(iris_home):
+    from core.data import bigview
+
+    df, folder = sample_in_1000_row_shards()
+    table, total = bigview.browse("s", 20)  # rows 950–999 in shard 0; page 21 holds 1000–1049 of shard 1
+    assert total == len(df) and table["row"].tolist() == list(range(950, 1000))
+    broken = folder / "train.parquet" / "part-00002.parquet"
+    broken.write_bytes(broken.read_bytes()[:100])  # a shard the page does not touch cannot fail it
+    table, _ = bigview.browse("s", 21)
+    assert table["row"].tolist() == list(range(1000, 1050))
+    assert table["turns"].tolist() == [len(m) for m in df["messages"].iloc[1000:1050]]
+
+
 def test_not_enough_disk_says_how_much_before_starting(tmp_path):
     from core.paths import free_disk_bytes
 
@@ -322,3 +354,50 @@ def test_cli_streams_a_jsonl_over_the_upload_limit_with_engine_duckdb(iris_home,
     assert out.returncode == 0, out.stderr
     assert versions.load_manifest("big")["rows"]["train"] == 200
     assert len(shards.split_files(versions.version_dir("big"))) == 1
+
+
+def test_row_lines_are_the_bytes_hash_rows_hashes():
+    """passes.row_lines (the write pass's serialisation, from Arrow when the types allow) gives exactly what
+    versions.hash_rows feeds sha256 for the same rows read through pandas, on FineTome's shape and on types
+    that read back differently through pandas (ints with nulls, nested numbers, a stored index)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from core.data import passes
+
+    msgs = [[{"role": "user", "content": "é \"q\"\n"}, {"role": "assistant", "content": "🙂"}], [], None]
+    tables = {
+        "fine-tome": pa.table({"messages": msgs, "source": ["a", None, "ü"], "score": [1.5, float("nan"), None],
+                               "n": pa.array([1, 2, 3], pa.int64()), "ok": [True, None, False]}),
+        "int-nulls": pa.table({"messages": msgs, "n": pa.array([1, None, 3], pa.int64())}),
+        "nested-numbers": pa.table({"messages": [[{"role": "user", "content": "x", "weight": 0.5}],
+                                                 [{"role": "user", "content": "y", "weight": float("nan")}],
+                                                 [{"role": "user", "content": "z", "weight": None}]]}),
+        "stored-index": pa.Table.from_pandas(pd.DataFrame({"source": ["a", "b", "c"]}, index=[5, 6, 7])),
+    }
+    fast = {"fine-tome": True, "int-nulls": False, "nested-numbers": False, "stored-index": False}
+    for name, table in tables.items():
+        assert passes._same_through_pandas(table) is fast[name], name
+        want, got = hashlib.sha256(), hashlib.sha256(passes.row_lines(table))
+        versions.hash_rows(want, table.to_pandas())
+        assert got.hexdigest() == want.hexdigest(), name
+
+
+def test_the_data_page_imports_pandas_in_the_background_before_a_big_version_opens():
+    """Streamlit imports pandas at the first st.dataframe; on a cold app that import was most of the time to
+    a big version's page 1, so ui.big_version starts it in a thread when the page loads."""
+    code = ("import sys, threading\n"
+            "import ui.big_version\n"
+            "warm = [t for t in threading.enumerate() if t.name == 'iris-prewarm-pandas']\n"
+            "[t.join(120) for t in warm]\n"
+            "print(len(warm) <= 1, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
+    # nothing else on the import path loads pandas: without the thread it would not be there
+    code = ("import sys, threading\n"
+            "threading.Thread.start = lambda self: None\n"
+            "import ui.big_version\n"
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["False"], out.stderr[-2000:]

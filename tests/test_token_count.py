@@ -109,3 +109,30 @@ def test_background_subprocess_counts_equal_in_process(llama3, monkeypatch):
     there = measure.token_measurements(df, "llama-3", background=True)()
     pd.testing.assert_frame_equal(here, there)
     assert job.result().sum() == here["content_tokens"].sum()
+
+
+def test_template_renders_as_transformers_renders_it(llama3):
+    """token_count.render_template (plain jinja2, so worker processes need not import transformers) gives
+    transformers' own render for the real Llama-3.2 template, the training templates with {% generation %}
+    markers, and a template using tojson, loop controls and raise_exception."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from core.train.backends import CHATML_TRAIN_TEMPLATE, LLAMA3_TRAIN_TEMPLATE
+
+    strict = ("{% for m in messages %}{% if loop.index0 > 3 %}{% break %}{% endif %}"
+              "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('alternate!') }}{% endif %}"
+              "{{ m | tojson }}\n  {% endfor %}{{ bos_token }}")
+    orders = [("user", "assistant"), ("system", "user", "assistant", "user", "assistant"), ("assistant",),
+              ("user", "assistant", "user", "assistant", "user", "assistant")]
+    special = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+    for template in (llama3.template, LLAMA3_TRAIN_TEMPLATE, CHATML_TRAIN_TEMPLATE, strict):
+        for roles in orders:
+            msgs = [{"role": r, "content": f"été {k} \"x\"" if k % 2 else ""} for k, r in enumerate(roles)]
+            try:
+                want = render_jinja_template(conversations=[msgs], chat_template=template, **special)[0][0]
+            except Exception as err:
+                with pytest.raises(type(err)):
+                    token_count.render_template(template, msgs, **special)
+                continue
+            assert token_count.render_template(template, msgs, **special) == want
+    assert llama3.overhead(("user", "assistant")) > 0 and ("user", "assistant") in llama3._overheads

@@ -12,6 +12,18 @@ from ui.progress import job_panel
 from ui.text import EMPTY_TURN, show_text
 
 
+def _prewarm() -> None:
+    """Import pandas in the background, once per app process, while the user picks a version: Streamlit
+    imports it at the first st.dataframe, and on a cold app that import (≈ 1–2 CPU s on this machine) was
+    most of the time to a big version's page 1."""
+    import threading
+
+    threading.Thread(target=lambda: __import__("pandas"), name="iris-prewarm-pandas", daemon=True).start()
+
+
+_prewarm()
+
+
 def is_big_source(source: str | None) -> bool:
     """A saved version over IRIS_INMEMORY_ROWS rows: queried on disk, never loaded into the app."""
     return bool(source) and source.startswith("version:") and bigview.is_big(source[8:])

@@ -80,20 +80,25 @@ def browse(version: str, page: int = 1, query: str = "", regex: bool = False):
 
 
 def _plain_page(version: str, page: int):
-    """Rows [(page-1)·PAGE_SIZE, page·PAGE_SIZE) straight from the shards' row groups."""
+    """Rows [(page-1)·PAGE_SIZE, page·PAGE_SIZE) straight from the row groups that hold them; the shards
+    before the page give only their footers' row counts, the ones after it are not opened."""
     import pandas as pd
 
     folder = versions.version_dir(version)
-    pieces = shards.pieces(shards.split_files(folder, "train") + shards.split_files(folder, "eval"), PAGE_SIZE)
-    total = sum(p.rows for p in pieces)
-    lo, parts = (max(1, page) - 1) * PAGE_SIZE, []
-    for piece in pieces:
-        if piece.offset + piece.rows > lo and piece.offset < lo + PAGE_SIZE:
-            frame = shards.piece_frame(piece)
-            frame.insert(0, "row", piece.offset + np.arange(len(frame)))
+    lo, at, parts = (max(1, page) - 1) * PAGE_SIZE, 0, []
+    for path in shards.split_files(folder, "train") + shards.split_files(folder, "eval"):
+        if at >= lo + PAGE_SIZE:  # past the page: the shards after it are not opened
+            break
+        n = shards.file_rows(path)
+        start, stop = max(lo, at), min(lo + PAGE_SIZE, at + n)  # the page's rows in this file, if any
+        if stop > start:
+            frame = shards.piece_frame(shards.Piece(str(path), start - at, stop - start, start))
+            frame.insert(0, "row", start + np.arange(len(frame)))
             parts.append(frame)
+        at += n
+    rows = versions.load_manifest(version)["rows"]
+    total = int(rows.get("train", 0)) + int(rows.get("eval", 0))
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"row": [], "messages": []})
-    frame = frame[(frame["row"] >= lo) & (frame["row"] < lo + PAGE_SIZE)]
     table = pd.DataFrame({"row": frame["row"].to_numpy(),
                           "first question": [next((m["content"][:140] for m in msgs if m["role"] == "user"), "")
                                              for msgs in frame["messages"]],

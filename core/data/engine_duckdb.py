@@ -9,14 +9,16 @@ Run through the CLI: python -m core.data filter VERSION --recipe R.yaml --name N
 Passes (each one's output lives in the work folder IRIS_HOME/work/filter-NAME until the version is saved):
   1 measure     per piece, in worker processes: the in-memory path's per-row measurements, a 128-bit key
                 of the exact-dedup text and the MinHash LSH band keys (core.data.passes) → measure/, bands/
-  2 candidates  DuckDB groups the band keys (spilling to disk past its memory limit) into candidate
-                pairs exactly as dedup.lsh_candidates pairs rows within a bucket → pairs.parquet
+  2 candidates  the band keys grouped a run of bands at a time (each read from its own row groups, sorted
+                in numpy, ≈ BAND_ROWS keys in memory) into candidate pairs exactly as
+                dedup.lsh_candidates pairs rows within a bucket → pairs.npy
   3 verify      the in-memory path's signature pre-check on the signatures pass 1 saved, then the
                 word-5-gram sets and true Jaccard of the rows still left only → near.parquet
   4 steps       DuckDB reads the measurements back in row order with each row's exact-duplicate cluster;
                 the recipe's own step loop (filters.run_steps) decides kept rows and reasons
-  5 write       kept rows are copied piece by piece into shards of a temporary version folder, renamed
-                into place at the end (core.paths.atomic_dir): never a partial version
+  5 write       workers copy each piece's kept rows into a shard of a temporary version folder (shard k =
+                piece k) and serialise them for the content hash, which this process takes in row order; the
+                folder is renamed into place at the end (core.paths.atomic_dir): never a partial version
 Results equal filters.apply_recipe's on the same rows (kept rows, drop reasons, funnel counts).
 
 Resume: every piece and pass output is written under a temporary name and renamed, and state.json lists
@@ -42,8 +44,7 @@ from core.errors import IrisError
 from core.paths import atomic_dir, iris_home, read_json, write_json
 
 DROPPED = "dropped.parquet"  # in a version made out of core: (row of the parent, reason) per dropped row
-MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as dedup.lsh_candidates
-WORK_LAYOUT = 2  # bump when the passes' files change (2: signatures saved by pass 1): older work starts clean
+WORK_LAYOUT = 3  # bump when the passes' files change (2: signatures saved by pass 1; 3: a row group per band)
 DUCKDB_MEMORY = os.environ.get("IRIS_DUCKDB_MEMORY", "1GB")  # DuckDB's own limit; it spills to work/duck_tmp past it
 
 
@@ -72,12 +73,13 @@ class LocalRunner:
             for fut in finished:
                 yield fut.result()
 
-    def candidates(self, work: Path, near_base: float) -> np.ndarray:
-        return duckdb_candidates(work)
+    def candidates(self, work: Path, near_base: float, rows: int) -> np.ndarray:
+        return grouped_candidates(work, near_base, rows)
 
     def idle(self) -> None:
-        """Between per-piece passes: end the workers, so they do not hold their memory (tokenizer, language
-        model, the last piece: ≈ 0.5 GiB each) through the passes that run in this process."""
+        """After the measure pass: end its workers, so they do not hold their memory (tokenizer, language
+        model, the last piece: ≈ 0.5 GiB each) through the passes that run in this process; verify's
+        workers (light: no models) start once and stay on for the write pass."""
         self.close()
 
     def close(self) -> None:
@@ -99,22 +101,22 @@ def connect(work: Path):
     return con
 
 
-def duckdb_candidates(work: Path) -> np.ndarray:
-    """Candidate pairs (i < j, sorted) from the band keys: in every (band, key) bucket, members in row order,
-    each paired with the next MAX_OFFSET members: dedup.lsh_candidates' pairs, grouped out of core."""
-    if not any((work / passes.BANDS).glob("piece-*.parquet")):
+def grouped_candidates(work: Path, near_base: float, rows: int) -> np.ndarray:
+    """Candidate pairs (i < j, sorted) from the band keys, a run of bands at a time (passes.band_pairs: each
+    reads only its bands' row groups and sorts them in numpy), so memory holds ≈ BAND_ROWS keys whatever the
+    size. Was one DuckDB window over every (band, key, row): 64 bands × 400k rows took 88 s, and it grew
+    faster than the rows (spilling to disk at 2M)."""
+    files = sorted(str(p) for p in (work / passes.BANDS).glob("piece-*.parquet"))
+    if not files:
         return np.zeros((0, 2), dtype=np.int64)
-    con = connect(work)
-    glob = work / passes.BANDS / "piece-*.parquet"
-    con.execute(f"""CREATE TEMP TABLE m AS
-        SELECT band, key, row, row_number() OVER (PARTITION BY band, key ORDER BY row) AS rn
-        FROM read_parquet('{glob}') QUALIFY count(*) OVER (PARTITION BY band, key) > 1""")
-    pairs = con.execute(f"""SELECT DISTINCT a.row AS i, c.row AS j
-        FROM m a CROSS JOIN (SELECT range AS d FROM range(1, {MAX_OFFSET + 1})) o
-        JOIN m c ON c.band = a.band AND c.key = a.key AND c.rn = a.rn + o.d
-        ORDER BY i, j""").fetchnumpy()
-    con.close()
-    return np.stack([pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)], axis=1)
+    bands = passes.band_plan(near_base)[0]
+    run, pairs = max(1, min(bands, BAND_ROWS // max(1, rows))), np.zeros((0, 2), dtype=np.int64)
+    for lo in range(0, bands, run):  # merged run by run: only the distinct pairs are held
+        pairs = passes.unique_pairs([pairs, passes.band_pairs(files, lo, min(bands, lo + run) - 1)])
+    return pairs
+
+
+BAND_ROWS = 8_000_000  # band keys sorted at once (≈ 0.5 GB with the sort's temporaries)
 
 
 def near_base_of(recipe: DataRecipe) -> float | None:
@@ -172,9 +174,8 @@ def verify_pass(all_pieces: list[shards.Piece], pairs: np.ndarray, near_base: fl
     tasks = [{"piece": all_pieces[k].__dict__, "work": str(work), "rows": rows[which == k]}
              for k in np.unique(which) if f"piece-{all_pieces[k].offset:012d}.npz" not in done]
     progress.start("verify", len(rows), already=len(rows) - sum(len(t["rows"]) for t in tasks))
-    for out in runner.map(passes.verify_piece, tasks):
+    for out in runner.map(passes.verify_piece, tasks):  # these workers stay on for the write pass
         progress.advance(out["rows"])
-    runner.idle()
     progress.done()
     sets = _gather_sets(work, rows)
     jac = dedup.jaccard_of_sets(dict(enumerate(sets)), np.searchsorted(left, cand))
@@ -259,8 +260,8 @@ def run_recipe(files: list[Path], recipe: DataRecipe, work: Path, runner, progre
     if near_base is not None:
         if "verify" not in state["passes"]:
             if "candidates" not in state["passes"]:
-                progress.start("candidates (DuckDB)", n)
-                np.save(work / "pairs.tmp.npy", runner.candidates(work, near_base))
+                progress.start("candidates", n)
+                np.save(work / "pairs.tmp.npy", runner.candidates(work, near_base, n))
                 (work / "pairs.tmp.npy").replace(work / "pairs.npy")
                 progress.advance(n - progress.count)
                 progress.done()
@@ -304,37 +305,45 @@ def eval_mask(kept_rows: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def write_version(files: list[Path], kept: np.ndarray, held: np.ndarray, folder: Path,
+def write_version(files: list[Path], kept: np.ndarray, held: np.ndarray, folder: Path, runner, work: Path,
                   progress: Progress, chunk_rows: int = shards.CHUNK_ROWS) -> tuple[int, int, str, list[str]]:
-    """Pass 5: copy kept rows into folder/train.parquet/ and eval.parquet/ shards; returns (train rows,
-    eval rows, content hash as versions.content_hash computes it, columns)."""
-    import pyarrow as pa
-
-    digest = hashlib.sha256()
-    train, held_out = shards.ShardWriter(folder / versions.TRAIN), shards.ShardWriter(folder / versions.EVAL)
-    position, columns = 0, []
-    progress.start("write", len(kept))
-    for piece in shards.pieces(files, chunk_rows):
-        table = shards.read_piece(piece)
-        columns = table.column_names
+    """Pass 5: workers copy each piece's kept rows into a shard of folder/train.parquet/ and eval.parquet/
+    (shard k = piece k, so name order is row order) and serialise them as versions.hash_rows does; this
+    process hashes those bytes in row order. Returns (train rows, eval rows, content hash as
+    versions.content_hash computes it: train rows, then eval rows, columns)."""
+    all_pieces = shards.pieces(files, chunk_rows)
+    tasks, position = [], 0
+    for index, piece in enumerate(all_pieces):
         local = np.flatnonzero(kept[piece.offset: piece.offset + piece.rows])
         to_eval = held[position: position + len(local)]
         position += len(local)
-        rows = table.take(pa.array(local[~to_eval]))
-        if rows.num_rows:
-            train.write(rows)
-            versions.hash_rows(digest, rows.to_pandas())
-        if to_eval.any():
-            held_out.write(table.take(pa.array(local[to_eval])))
-        progress.advance(piece.rows)
-    train.close()
-    held_out.close()
-    for path in shards.split_files(folder, "eval"):  # the manifest hashes train rows, then eval rows
-        versions.hash_rows(digest, shards.piece_frame(shards.Piece(str(path), 0, shards.file_rows(path), 0)))
-    if not held_out.rows:
-        shutil.rmtree(folder / versions.EVAL, ignore_errors=True)
+        tasks.append({"piece": piece.__dict__, "work": str(work), "out": str(folder), "index": index,
+                      "schema_of": str(files[0]), "train": local[~to_eval], "eval": local[to_eval]})
+    (work / passes.WRITE).mkdir(parents=True, exist_ok=True)
+    digest, done, hashed, counts, columns = hashlib.sha256(), set(), 0, {"train": 0, "eval": 0}, []
+    progress.start("write", len(kept))
+    for out in runner.map(passes.write_piece, tasks):
+        done.add(out["offset"])
+        counts["train"] += out["train"]
+        counts["eval"] += out["eval"]
+        columns = out["columns"]
+        while hashed < len(all_pieces) and all_pieces[hashed].offset in done:  # the train rows, in row order
+            _hash_file(digest, work / passes.WRITE / f"train-{all_pieces[hashed].offset:012d}.bin")
+            hashed += 1
+        progress.advance(out["rows"])
+    for piece in all_pieces:  # the manifest hashes train rows, then eval rows
+        _hash_file(digest, work / passes.WRITE / f"eval-{piece.offset:012d}.bin")
     progress.done()
-    return train.rows, held_out.rows, digest.hexdigest(), columns
+    return counts["train"], counts["eval"], digest.hexdigest(), columns
+
+
+def _hash_file(digest, path: Path) -> None:
+    """Feed a worker's serialised rows to the digest and let the file go (a missing one: no such rows)."""
+    if path.exists():
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        path.unlink()
 
 
 def version_files(version: str) -> list[Path]:
@@ -360,8 +369,6 @@ def filter_big(version: str, recipe: DataRecipe, name: str, eval_fraction: float
                engine: str = "duckdb", address: str | None = None, chunk_rows: int = shards.CHUNK_ROWS,
                workers: int | None = None, job_dir: Path | None = None) -> Path:
     """Apply `recipe` to version `version` out of core and save the kept rows as version `name` (shards)."""
-    import pandas as pd
-
     target = versions.version_dir(name)
     if versions.exists(name):
         raise IrisError(f"dataset version {name!r} already exists (versions are immutable): choose another name.")
@@ -378,25 +385,34 @@ def filter_big(version: str, recipe: DataRecipe, name: str, eval_fraction: float
     progress, runner = Progress(job_dir), make_runner(engine, workers, address)
     try:
         result = run_recipe(files, recipe, work, runner, progress, chunk_rows, fingerprint)
+        kept = result.kept
+        if not kept.any():
+            raise IrisError(f"dataset version {name!r} would be empty: loosen the recipe.")
+        with atomic_dir(target) as tmp:
+            written = write_version(files, kept, eval_mask(int(kept.sum()), fraction, recipe.seed), tmp, runner, work,
+                                    progress, chunk_rows)
+            extra = {"dropped_by_reason": result.reason_counts(), "recipe_name": recipe.name,
+                     "tokenizer": recipe.tokenizer, "split": {"eval_fraction": fraction, "seed": recipe.seed},
+                     "engine": engine, "sharded": True}
+            parent = {"version": version, "content_hash": manifest.get("content_hash")}
+            _describe(tmp, name, recipe, result, parent, written, extra)
     finally:
         runner.close()
-    kept = result.kept
-    if not kept.any():
-        raise IrisError(f"dataset version {name!r} would be empty: loosen the recipe.")
-    with atomic_dir(target) as tmp:
-        train_rows, eval_rows, digest, columns = write_version(files, kept, eval_mask(int(kept.sum()), fraction,
-                                                                                      recipe.seed), tmp, progress,
-                                                               chunk_rows)
-        (tmp / versions.RECIPE).write_text(recipe.to_yaml(), encoding="utf-8")
-        gone = np.flatnonzero(~kept)  # why each input row went (row numbers of the parent version)
-        pd.DataFrame({"row": gone, "reason": result.reasons[gone].astype(str)}).to_parquet(tmp / DROPPED, index=False)
-        extra = {"dropped_by_reason": result.reason_counts(), "recipe_name": recipe.name, "tokenizer": recipe.tokenizer,
-                 "split": {"eval_fraction": fraction, "seed": recipe.seed}, "engine": engine, "sharded": True}
-        parent = {"version": version, "content_hash": manifest.get("content_hash")}
-        write_json(tmp / versions.MANIFEST, versions.manifest_for(name, "filter", parent, train_rows, eval_rows, columns,
-                                                                  result.funnel, digest, extra))
     shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _describe(tmp: Path, name: str, recipe: DataRecipe, result: FilterResult, parent: dict,
+              written: tuple[int, int, str, list[str]], extra: dict) -> None:
+    """The new version's files besides its rows: recipe, why each input row went, manifest."""
+    import pandas as pd
+
+    (tmp / versions.RECIPE).write_text(recipe.to_yaml(), encoding="utf-8")
+    gone = np.flatnonzero(~result.kept)  # why each input row went (row numbers of the parent version)
+    pd.DataFrame({"row": gone, "reason": result.reasons[gone].astype(str)}).to_parquet(tmp / DROPPED, index=False)
+    train_rows, eval_rows, digest, columns = written
+    write_json(tmp / versions.MANIFEST, versions.manifest_for(name, "filter", parent, train_rows, eval_rows, columns,
+                                                              result.funnel, digest, extra))
 
 
 def work_dir(name: str) -> Path:

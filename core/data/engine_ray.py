@@ -28,7 +28,6 @@ from core.errors import IrisError
 from core.paths import REPO_ROOT
 
 ADDRESS_TIMEOUT_S = 8.0  # socket + a probe that joins the cluster: one sentence within 10 s, never a hang
-MAX_OFFSET = 32  # as dedup.lsh_candidates
 
 
 def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
@@ -92,7 +91,7 @@ class RayRunner:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
 
-    def candidates(self, work: Path, near_base: float) -> np.ndarray:
+    def candidates(self, work: Path, near_base: float, rows: int) -> np.ndarray:
         """Per-band partitions: each task pairs the buckets of a few bands; the union, unique and sorted."""
         import ray
 
@@ -100,11 +99,9 @@ class RayRunner:
         if not files:
             return np.zeros((0, 2), dtype=np.int64)
         bands = passes.band_plan(near_base)[0]
-        groups = np.array_split(np.arange(bands), min(bands, 8))
-        remote = ray.remote(band_pairs)
-        parts = ray.get([remote.remote(files, g.tolist()) for g in groups])
-        pairs = np.concatenate([np.zeros((0, 2), dtype=np.int64)] + parts)
-        return np.unique(pairs, axis=0) if len(pairs) else pairs
+        groups = np.array_split(np.arange(bands), min(bands, 8))  # contiguous runs of bands
+        remote = ray.remote(passes.band_pairs)
+        return passes.unique_pairs(ray.get([remote.remote(files, int(g[0]), int(g[-1])) for g in groups]))
 
     def idle(self) -> None:
         """Ray keeps its workers between passes (it bounds their memory itself)."""
@@ -121,22 +118,3 @@ def _measure_batch(batch):
 
     outs = [passes.measure_piece(t) for t in batch["task"]]
     return pd.DataFrame({"offset": [o["offset"] for o in outs], "rows": [o["rows"] for o in outs]})
-
-
-def band_pairs(files: list[str], bands: list[int]) -> np.ndarray:
-    """Candidate pairs from the buckets of `bands`: members in row order, each with the next MAX_OFFSET."""
-    import pyarrow.dataset as pads
-
-    table = pads.dataset(files, format="parquet").to_table(filter=pads.field("band").isin(bands))
-    band, key, row = (table[c].to_numpy() for c in ("band", "key", "row"))
-    order = np.lexsort((row, key, band))
-    band, key, row = band[order], key[order], row[order]
-    new = np.concatenate([[True], (band[1:] != band[:-1]) | (key[1:] != key[:-1])])
-    group = np.cumsum(new)
-    out = [np.zeros((0, 2), dtype=np.int64)]
-    for d in range(1, MAX_OFFSET + 1):
-        same = group[d:] == group[:-d]
-        if not same.any():
-            break
-        out.append(np.stack([row[:-d][same], row[d:][same]], axis=1).astype(np.int64))
-    return np.concatenate(out)

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from core.data import dedup, measure
-from core.data.formats import conversation_text
-from core.data.shards import Piece, piece_frame
+from core.data.formats import as_lists, conversation_text
+from core.data.shards import Piece, piece_frame, read_piece
 
-MEASURE, BANDS, SIGS, VERIFY = "measure", "bands", "sigs", "verify"
+MEASURE, BANDS, SIGS, VERIFY, WRITE = "measure", "bands", "sigs", "verify", "write"
 
 
 def piece_name(offset: int) -> str:
@@ -54,9 +54,9 @@ def band_keys(sig: np.ndarray, rows: np.ndarray, near_base: float):
     return pd.concat(parts, ignore_index=True)
 
 
-def _write(table, path: Path) -> None:
+def _write(table, path: Path, **parquet) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
+    table.to_parquet(tmp, index=False, **parquet)
     tmp.replace(path)
 
 
@@ -85,7 +85,10 @@ def measure_piece(task: dict) -> dict:
     out.insert(0, "row", rows)
     if sigs is not None:  # the signatures themselves for verify's checks (2 KiB a row), then the band keys
         _save(sigs[0], work / SIGS / f"piece-{piece.offset:012d}.npy")
-        _write(band_keys(sigs[0], rows, task["near_base"]), work / BANDS / piece_name(piece.offset))
+        keys = band_keys(sigs[0], rows, task["near_base"])
+        per_band = max(1, len(keys) // band_plan(task["near_base"], sigs[0].shape[1])[0])
+        # one Parquet row group per band (their min/max statistics let band_pairs read only its bands)
+        _write(keys, work / BANDS / piece_name(piece.offset), row_group_size=per_band)
     _write(out, work / MEASURE / piece_name(piece.offset))  # last: its presence means the piece is done
     return {"offset": piece.offset, "rows": len(df)}
 
@@ -94,10 +97,13 @@ def verify_piece(task: dict) -> dict:
     """Sorted word-5-gram sets of task["rows"] (global rows) of one piece, the rows left after the signature
     checks, written to WORK/verify/piece-<offset>.npz (rows, set_values, set_offsets); returns offset and
     row count."""
+    import pyarrow as pa
+
     piece, work = Piece(**task["piece"]), Path(task["work"])
     rows = np.asarray(task["rows"], dtype=np.int64)
-    df = piece_frame(piece, ["messages"])
-    texts = [conversation_text(df["messages"].iat[int(r - piece.offset)]) for r in rows]
+    # only the rows asked for become Python objects (a few % of the piece): Arrow takes them first
+    table = read_piece(piece, ["messages"]).take(pa.array(rows - piece.offset))
+    texts = [conversation_text(m) for m in as_lists(table.to_pandas())["messages"]]
     sets = dedup.shingle_sets(texts, np.arange(len(texts)))
     values = [sets[k] for k in range(len(texts))]
     offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int64)
@@ -106,3 +112,153 @@ def verify_piece(task: dict) -> dict:
     np.savez(tmp, rows=rows, set_values=np.concatenate([np.zeros(0, np.uint64)] + values), set_offsets=offsets)
     tmp.replace(path)
     return {"offset": piece.offset, "rows": len(rows)}
+
+
+def row_lines(table) -> bytes:
+    """The bytes versions.hash_rows feeds its sha256 for `table`'s rows (as pandas reads them), taken straight
+    from Arrow when every column's type reads back the same either way (strings, bools, whole numbers
+    without nulls, floats with NaN as null, lists of structs of strings: FineTome's shape); through pandas
+    otherwise. ≈ 2× faster than to_pandas + hash_rows (tests/test_data_scale.py pins equal bytes)."""
+    import json
+
+    if not _same_through_pandas(table):
+        lines = _Lines()
+        from core import versions
+
+        versions.hash_rows(lines, table.to_pandas())
+        return b"".join(lines.parts)
+    import pyarrow.types as pt
+
+    columns = []
+    for name in sorted(table.column_names):
+        values = table.column(name).to_pylist()
+        if pt.is_floating(table.schema.field(name).type):  # hash_rows writes NaN as null
+            values = [None if v != v else v for v in values]
+        columns.append(values)
+    dumps = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+    return b"".join((dumps(list(row)) + "\n").encode() for row in zip(*columns))
+
+
+def _same_through_pandas(table) -> bool:
+    import pyarrow.types as pt
+
+    meta = table.schema.pandas_metadata or {}
+    if any(isinstance(c, str) for c in meta.get("index_columns", [])):  # a stored index: pandas drops the column
+        return False
+
+    def strings(t) -> bool:
+        return pt.is_string(t) or pt.is_large_string(t)
+
+    for field in table.schema:
+        t = field.type
+        if strings(t) or pt.is_boolean(t) or pt.is_floating(t) or pt.is_null(t):
+            continue
+        if pt.is_integer(t) and table.column(field.name).null_count == 0:  # with nulls pandas makes them floats
+            continue
+        if (pt.is_list(t) or pt.is_large_list(t)) and (strings(t.value_type) or (
+                pt.is_struct(t.value_type) and all(strings(f.type) for f in t.value_type))):
+            continue
+        return False
+    return True
+
+
+class _Lines:
+    """Collects what versions.hash_rows feeds its sha256, so a worker can serialise its rows and the parent
+    only hashes the bytes, in row order."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+def write_piece(task: dict) -> dict:
+    """Pass 5 for one piece: its kept rows (task["train"] / task["eval"]: rows within the piece, in order)
+    written as shard `part-<index>` of out/train.parquet/ and out/eval.parquet/ (cast to task["schema_of"]'s
+    schema, so every shard has one schema), and the bytes versions.hash_rows hashes for them written to
+    WORK/write/<split>-<offset>.bin for the parent to hash in row order; returns offset and row counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.data.shards import GROUP_ROWS
+
+    piece, work, out = Piece(**task["piece"]), Path(task["work"]), Path(task["out"])
+    table = read_piece(piece)
+    schema = pq.read_schema(task["schema_of"])
+    counts = {}
+    for split in ("train", "eval"):
+        local = np.asarray(task[split], dtype=np.int64)
+        counts[split] = len(local)
+        if not len(local):
+            continue
+        rows = table.take(pa.array(local))
+        path = work / WRITE / f"{split}-{piece.offset:012d}.bin"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(row_lines(rows))
+        tmp.replace(path)
+        folder = out / f"{split}.parquet"
+        folder.mkdir(parents=True, exist_ok=True)
+        if rows.schema != schema:  # e.g. a piece whose `score` is all null: same columns, cast
+            rows = rows.cast(schema)
+        pq.write_table(rows, folder / f"part-{task['index']:05d}.parquet", row_group_size=GROUP_ROWS)
+    return {"offset": piece.offset, "rows": piece.rows, "train": counts["train"], "eval": counts["eval"],
+            "columns": table.column_names}
+
+
+MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as dedup.lsh_candidates
+
+
+def band_pairs(files: list[str], first: int, last: int) -> np.ndarray:
+    """Candidate pairs (i < j, unique, sorted) from the buckets of bands first..last: in every (band, key)
+    bucket, members in row order, each paired with the next MAX_OFFSET members, as dedup.lsh_candidates pairs
+    them. Reads only the row groups whose statistics say they hold those bands. Unique before returning:
+    a cluster of exact copies gives the same pairs in every band (at 2M rows the raw pairs of all bands
+    held 15 GB)."""
+    band, key, row = _band_rows(files, first, last)
+    order = np.lexsort((row, key, band))
+    band, key, row = band[order], key[order], row[order]
+    del order
+    new = np.concatenate([[True], (band[1:] != band[:-1]) | (key[1:] != key[:-1])])
+    del band, key
+    group = np.cumsum(new)
+    out = [np.zeros((0, 2), dtype=np.int64)]
+    for d in range(1, MAX_OFFSET + 1):
+        same = group[d:] == group[:-d]
+        if not same.any():
+            break
+        out.append(unique_pairs([np.stack([row[:-d][same], row[d:][same]], axis=1).astype(np.int64)]))
+    return unique_pairs(out)
+
+
+def _band_rows(files: list[str], first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(band, key, row) of bands first..last from every band file, row group by row group."""
+    import pyarrow.parquet as pq
+
+    parts = {"band": [], "key": [], "row": []}
+    for path in files:
+        pf = pq.ParquetFile(path)
+        at = pf.schema_arrow.get_field_index("band")
+        groups = []
+        for g in range(pf.metadata.num_row_groups):
+            stats = pf.metadata.row_group(g).column(at).statistics
+            if stats is None or not stats.has_min_max or (stats.min <= last and stats.max >= first):
+                groups.append(g)
+        if not groups:
+            continue
+        table = pf.read_row_groups(groups, columns=["band", "key", "row"])
+        band = table["band"].to_numpy()
+        keep = (band >= first) & (band <= last)
+        for name, values in (("band", band), ("key", table["key"].to_numpy()), ("row", table["row"].to_numpy())):
+            parts[name].append(values[keep])
+    empty = {"band": np.int16, "key": np.uint64, "row": np.int64}
+    return tuple(np.concatenate(parts[c]) if parts[c] else np.zeros(0, empty[c]) for c in ("band", "key", "row"))
+
+
+def unique_pairs(parts: list[np.ndarray]) -> np.ndarray:
+    """The union of pair arrays, unique and sorted by (i, j) (one int64 per pair: rows stay below 2^31)."""
+    pairs = np.concatenate([np.zeros((0, 2), dtype=np.int64)] + parts)
+    if not len(pairs):
+        return pairs
+    code = np.unique(pairs[:, 0] << 31 | pairs[:, 1])
+    return np.stack([code >> 31, code & ((1 << 31) - 1)], axis=1)

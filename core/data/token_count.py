@@ -242,6 +242,7 @@ class TokenCounter:
         template = self.folder / "chat_template.jinja"
         self.template = template.read_text(encoding="utf-8") if template.exists() else self.config.get("chat_template")
         self.trims = bool(self.template) and "| trim" in self.template  # the template strips each turn
+        self._overheads: dict[tuple, int] = {}  # role order -> the template's own tokens
 
     def count(self, texts: Sequence[str], strip: bool = True, threads: int = 2, batch: int = 2048) -> np.ndarray:
         """Tokens per text, no special tokens added; with `strip`, texts are stripped first when the chat
@@ -260,19 +261,65 @@ class TokenCounter:
         return out
 
     def overhead(self, roles: tuple) -> int:
-        """Tokens the chat template adds around turns with these roles (rendered once with empty contents)."""
+        """Tokens the chat template adds around turns with these roles (rendered once with empty contents,
+        then remembered: every piece of a big dataset asks again for the same few role orders)."""
         if not roles or not self.template:
             return 0
-        from transformers.utils.chat_template_utils import render_jinja_template
+        if roles not in self._overheads:
+            special = {k: _token_text(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+            try:
+                rendered = render_template(self.template, [{"role": r, "content": ""} for r in roles],
+                                           **{k: v for k, v in special.items() if v is not None})
+            except Exception:  # a template that refuses this role order (e.g. strict alternation): count 0
+                self._overheads[roles] = 0
+            else:
+                self._overheads[roles] = len(self.tok.encode(rendered, add_special_tokens=False).ids)
+        return self._overheads[roles]
 
-        special = {k: _token_text(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        try:
-            rendered, _ = render_jinja_template(conversations=[[{"role": r, "content": ""} for r in roles]],
-                                                chat_template=self.template,
-                                                **{k: v for k, v in special.items() if v is not None})
-        except Exception:  # a template that refuses this role order (e.g. strict alternation): count 0
-            return 0
-        return len(self.tok.encode(rendered[0], add_special_tokens=False).ids)
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):
+    """`template` compiled in the Jinja environment transformers' apply_chat_template uses (its
+    chat_template_utils._cached_compile_jinja_template): sandboxed, trim_blocks + lstrip_blocks, loop
+    controls, its tojson / raise_exception / strftime_now, and {% generation %} blocks rendered as their body.
+    Why not transformers itself: importing it costs ≈ 5–10 CPU s, paid by every worker process of the
+    out-of-core engines for a handful of renders (tests/test_token_count.py pins equal output)."""
+    import json as _json
+    from datetime import datetime
+
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return _json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def render_template(template: str, messages: list[dict], add_generation_prompt: bool = False, **special) -> str:
+    """One conversation rendered by a chat template, as transformers' render_jinja_template renders it
+    (no tools, no documents)."""
+    return _compiled(template).render(messages=messages, tools=None, documents=None,
+                                      add_generation_prompt=add_generation_prompt, **special)
 
 
 def _token_text(tok) -> str | None:
