@@ -188,6 +188,9 @@ def quantize(f16: Path, out: Path, quant: str, threads: int, streamed: dict | No
             out = convert.quantize(streamed["path"], out, quant, threads)
             print(f"[export] {quant}: {streamed['quantized']} of {streamed['tensors']} tensors were quantized "
                   "while converting; llama.cpp's pass copied them", flush=True)
+            print(f"[export] streaming {quant}: header on disk after {streamed['seconds']['header']} s, waited "
+                  f"{streamed['seconds']['waiting']} s for the converter's bytes, done after "
+                  f"{streamed['seconds']['total']} s", flush=True)
             return out
         except IrisError as err:
             print(f"[export] {quant}: llama.cpp refused the streamed tensors ({err}); quantizing from the f16",
@@ -205,7 +208,7 @@ def convert_streaming(cfg: ExportConfig, model_dir: Path, f16_path: Path, thread
 
     from core.export import convert, stream_quant
 
-    quant = next((q for q in cfg.quants if q in stream_quant.STREAMED), None)
+    quant = next((q for q in stream_quant.STREAMED if q in cfg.quants), None)  # q4_k_m first: the usual choice
     if quant is None:
         return convert.convert_hf(model_dir, f16_path, merge=merge), None
     done = threading.Event()
