@@ -36,7 +36,8 @@ FALLBACK = {Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0}  # llama.cpp's tensor_type_fallb
 STREAMED = {"q4_k_m": Q4_K, "q5_k_m": Q5_K}  # quant → its default tensor type
 ARCHS = ("llama", "qwen2", "qwen3")  # no arch-specific rules for these in llama_tensor_get_type_impl
 MATRIX = re.compile(r"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down)\.weight")
-SLAB_BYTES = 8 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
+SLAB_BYTES = 4 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
+HEADER_READ_BYTES = 16 * 1024**2  # first read of the header (a 128k vocabulary's is ≈ 10 MB)
 CHUNK_ELEMENTS = 256 * 1024  # elements quantized per ggml call (≈ 10–40 ms of one core): one slab is many calls
 POLL_S = 0.05  # how often the file being written is looked at again
 # GGUF value type → bytes (8 = string and 9 = array are parsed)
@@ -197,10 +198,8 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
         types = target_types(kv, tensors, quant)
         if not types:
             return None
-        f.seek(0)
-        raw_kv = f.read(kv_end)
         header_at, waited = time.time(), [0.0]
-        result = _write(f, raw_kv, tensors, data_start, types, out, max(1, threads), done,
+        result = _write(f, kv_end, tensors, data_start, types, out, max(1, threads), done,
                         kv.get("general.alignment") or 32, waited)
     if result:
         result["seconds"] = {"header": round(header_at - started, 1), "waiting": round(waited[0], 1),
@@ -209,21 +208,24 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
 
 
 def _wait_for_header(f, done: threading.Event):
-    """Parse the header once it is all on disk (the converter writes it in one go before any tensor)."""
+    """Parse the header once it is all on disk (the converter writes it in one go before any tensor). It is
+    read in growing prefixes, never the whole file: by then the converter may have written much of the data."""
+    limit = HEADER_READ_BYTES
     while True:
         size = os.fstat(f.fileno()).st_size
         if size:
-            f.seek(0)
             try:
-                return parse_header(f.read(size))
+                return parse_header(os.pread(f.fileno(), min(size, limit), 0))
             except Incomplete:
-                pass
+                if size > limit:  # the header is longer than what was read: read more at once
+                    limit *= 4
+                    continue
         if done.is_set() and os.fstat(f.fileno()).st_size == size:
             return None
         time.sleep(0.2)
 
 
-def _write(f, raw_kv: bytes, tensors: list[TensorInfo], data_start: int, types: dict[str, int], out: Path,
+def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: dict[str, int], out: Path,
            threads: int, done: threading.Event, align: int, waited: list[float]) -> dict | None:
     import numpy as np
 
@@ -236,11 +238,12 @@ def _write(f, raw_kv: bytes, tensors: list[TensorInfo], data_start: int, types: 
         ti += struct.pack("<Q", len(name)) + name + struct.pack("<I", len(t.dims))
         ti += struct.pack(f"<{len(t.dims)}Q", *t.dims) + struct.pack("<IQ", new, offset)
         offset += -(-sizes[t.name] // align) * align
-    header = raw_kv + bytes(ti)
+    header = os.pread(f.fileno(), kv_end, 0) + bytes(ti)  # the KV section verbatim (≈ 10 MB with a 128k vocab)
     assert -(-len(header) // align) * align == data_start, "tensor info changed length"
     pool = ThreadPoolExecutor(threads)
     with open(out, "wb") as dst:
         dst.write(header + bytes(data_start - len(header)))
+        del header
         for t in sorted(tensors, key=lambda t: t.offset):
             src_bytes = lib.ggml_row_size(t.type, t.dims[0]) * int(np.prod(t.dims[1:]))
             t0 = time.time()
