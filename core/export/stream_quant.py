@@ -37,7 +37,6 @@ STREAMED = {"q4_k_m": Q4_K, "q5_k_m": Q5_K}  # quant → its default tensor type
 ARCHS = ("llama", "qwen2", "qwen3")  # no arch-specific rules for these in llama_tensor_get_type_impl
 MATRIX = re.compile(r"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down)\.weight")
 SLAB_BYTES = 4 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
-HEADER_READ_BYTES = 16 * 1024**2  # first read of the header (a 128k vocabulary's is ≈ 10 MB)
 CHUNK_ELEMENTS = 256 * 1024  # elements quantized per ggml call (≈ 10–40 ms of one core): one slab is many calls
 POLL_S = 0.05  # how often the file being written is looked at again
 # GGUF value type → bytes (8 = string and 9 = array are parsed)
@@ -58,27 +57,26 @@ class Incomplete(Exception):
     """The header is not all on disk yet."""
 
 
-def parse_header(buf: bytes) -> tuple[int, dict, list[TensorInfo], int]:
-    """(end of the KV section, the scalar KV values, tensor infos, start of the data section)."""
-    def take(fmt: str):
+def parse_header(f) -> tuple[int, dict, list[TensorInfo], int]:
+    """(end of the KV section, the scalar KV values, tensor infos, start of the data section), read from the
+    binary file `f` at its start in small buffered reads: the ≈ 10 MB of a 128k vocabulary are never held
+    at once (this runs while the converter is at its peak)."""
+    def read(n: int) -> bytes:
         nonlocal pos
-        size = struct.calcsize(fmt)
-        if pos + size > len(buf):
+        out = f.read(n)
+        if len(out) < n:
             raise Incomplete
-        out = struct.unpack_from(fmt, buf, pos)
-        pos += size
+        pos += n
+        return out
+
+    def take(fmt: str):
+        out = struct.unpack(fmt, read(struct.calcsize(fmt)))
         return out[0] if len(out) == 1 else out
 
     def string() -> str:
-        nonlocal pos
-        n = take("<Q")
-        if pos + n > len(buf):
-            raise Incomplete
-        pos += n
-        return buf[pos - n: pos].decode("utf-8", "replace")
+        return read(take("<Q")).decode("utf-8", "replace")
 
     def value(vtype: int):
-        nonlocal pos
         if vtype == 8:
             return string()
         if vtype == 9:
@@ -86,13 +84,11 @@ def parse_header(buf: bytes) -> tuple[int, dict, list[TensorInfo], int]:
             for _ in range(n):
                 value(etype)
             return None
-        pos += VALUE_BYTES[vtype]
-        if pos > len(buf):
-            raise Incomplete
-        return struct.unpack_from({0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                                   10: "<Q", 11: "<q", 12: "<d"}[vtype], buf, pos - VALUE_BYTES[vtype])[0]
+        return take({0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                     10: "<Q", 11: "<q", 12: "<d"}[vtype])
 
     pos = 0
+    f.seek(0)
     magic, _version, n_tensors, n_kv = take("<4sIQQ")
     if magic != b"GGUF":
         raise ValueError("not a GGUF file")
@@ -208,18 +204,14 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
 
 
 def _wait_for_header(f, done: threading.Event):
-    """Parse the header once it is all on disk (the converter writes it in one go before any tensor). It is
-    read in growing prefixes, never the whole file: by then the converter may have written much of the data."""
-    limit = HEADER_READ_BYTES
+    """Parse the header once it is all on disk (the converter writes it in one go before any tensor)."""
     while True:
         size = os.fstat(f.fileno()).st_size
         if size:
             try:
-                return parse_header(os.pread(f.fileno(), min(size, limit), 0))
+                return parse_header(f)
             except Incomplete:
-                if size > limit:  # the header is longer than what was read: read more at once
-                    limit *= 4
-                    continue
+                pass
         if done.is_set() and os.fstat(f.fileno()).st_size == size:
             return None
         time.sleep(0.2)
@@ -238,12 +230,12 @@ def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: di
         ti += struct.pack("<Q", len(name)) + name + struct.pack("<I", len(t.dims))
         ti += struct.pack(f"<{len(t.dims)}Q", *t.dims) + struct.pack("<IQ", new, offset)
         offset += -(-sizes[t.name] // align) * align
-    header = os.pread(f.fileno(), kv_end, 0) + bytes(ti)  # the KV section verbatim (≈ 10 MB with a 128k vocab)
-    assert -(-len(header) // align) * align == data_start, "tensor info changed length"
+    assert -(-(kv_end + len(ti)) // align) * align == data_start, "tensor info changed length"
     pool = ThreadPoolExecutor(threads)
     with open(out, "wb") as dst:
-        dst.write(header + bytes(data_start - len(header)))
-        del header
+        for at in range(0, kv_end, 1 << 20):  # the KV section verbatim (≈ 10 MB with a 128k vocab), 1 MB at a time
+            dst.write(os.pread(f.fileno(), min(1 << 20, kv_end - at), at))
+        dst.write(bytes(ti) + bytes(data_start - kv_end - len(ti)))
         for t in sorted(tensors, key=lambda t: t.offset):
             src_bytes = lib.ggml_row_size(t.type, t.dims[0]) * int(np.prod(t.dims[1:]))
             t0 = time.time()
