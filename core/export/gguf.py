@@ -278,9 +278,11 @@ def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path
 
 
 def leftovers(out: Path) -> list[Path]:
-    """Hidden work folders (`.work-*`: the merged model, the f16 GGUF) and partial `.tmp` files in an export."""
+    """Hidden work folders (`.work-*`: the merged model, the f16 GGUF) and partial `.gguf.tmp` files in an export.
+    Not every `.*.tmp`: core.paths' atomic writes (the launcher's `.status.json.*.tmp`) live there for a moment
+    too, and a rerun's clean-up deleting one made the launcher's rename fail."""
     out = Path(out)
-    return sorted([*out.glob(".work-*"), *out.glob(".*.tmp")]) if out.is_dir() else []
+    return sorted([*out.glob(".work-*"), *out.glob(".*.gguf.tmp")]) if out.is_dir() else []
 
 
 def clean_leftovers(out: Path, own_job: bool = False) -> list[str]:
