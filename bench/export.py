@@ -8,8 +8,9 @@ projections q,k,v,o,up,down (speed and memory do not depend on the weight values
 
   naive: load base + adapter (peft), merge_and_unload, save_pretrained; convert_hf_to_gguf.py → f16;
          llama_model_quantize → q4_k_m with default parameters. Three processes, one after another.
-  iris:  python -m core.export RUN --quant q4_k_m --no-verify (merge streamed tensor by tensor in its
-         own process, the same converter, quantization in slabs of rows).
+  iris:  python -m core.export RUN --quant q4_k_m f16 --no-verify: the same converter merges the LoRA tensor
+         by tensor as it writes the f16 GGUF, and q4_k_m is quantized from that file's bytes as they land
+         (core.export.stream_quant, ggml's own quantize); llama.cpp's quantize pass then only copies them.
 
 Every step runs as a separate process tree measured from outside: wall time, and peak RSS as the
 maximum over time of the summed RSS of the whole tree (psutil, polled every 50 ms), with
@@ -142,9 +143,14 @@ def iris(base: Path, adapter: Path, work: Path, env: dict, quants: tuple[str, ..
     run.mkdir(parents=True)
     shutil.copytree(adapter, run / "adapter")
     (run / "config.yaml").write_text(f"base_model: {base}\ndataset: bench\n")
+    log = work / f"iris-{name}.log"
+    log.unlink(missing_ok=True)  # measured() appends: only this run's lines below
     result = measured([sys.executable, "-m", "core.export", name, "--quant", *quants, "--no-verify"],
-                      {**env, "IRIS_HOME": str(home)}, work / f"iris-{name}.log")
+                      {**env, "IRIS_HOME": str(home)}, log)
     info = json.loads((home / "exports" / name / "export.json").read_text())
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("[export] streaming") or "quantized while converting" in line or "refused" in line:
+            print("  " + line)
     return {**result, "size": info["sizes"][f"{name}-q4_k_m.gguf"], "timings_s": info["timings_s"],
             "folder": home / "exports" / name}
 

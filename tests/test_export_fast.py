@@ -1,10 +1,13 @@
 """The fast export path (#25): without verification the converter merges the LoRA on the fly (no merged
 copy on disk), and its GGUFs are byte-identical to merging into a folder first and converting that; the
-q4_k_m is byte-identical to llama.cpp's own quantize (default parameters) of the same f16."""
+q4_k_m, quantized while the converter writes the f16 (`core.export.stream_quant`), is byte-identical to
+llama.cpp's own quantize (default parameters) of the same f16, also where a row is not a multiple of 256."""
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,8 @@ def test_merge_on_the_fly_gives_the_same_bytes_as_merging_first(tmp_path, capsys
 
     from tests.helpers import make_tiny_llama
 
-    base = make_tiny_llama(tmp_path / "model", hidden=256, intermediate=512)  # K-quants need rows of 256
+    # K-quants need rows of 256: ffn_down's rows of 320 take llama.cpp's fallbacks (q4_K → q5_0, q6_K → q8_0)
+    base = make_tiny_llama(tmp_path / "model", hidden=256, intermediate=320)
     make_run(runs_dir(), "fast", str(base), base, checkpoints=(), final=True)
     # keep_merged needs the merged folder, so it takes the two-step path (merge into a folder, convert it)
     two_step = main(ExportConfig(source="fast", name="two-step", quants=["f16", "q4_k_m"], verify=False,
@@ -39,6 +43,9 @@ def test_merge_on_the_fly_gives_the_same_bytes_as_merging_first(tmp_path, capsys
     assert info["merge"]["on_the_fly"] and info["merge"]["merged"] == 2 * 6
     assert not (fused / "merged").exists() and (two_step / "merged" / "model.safetensors").exists()
     assert "merging the LoRA into the base (tensor by tensor)" not in log and "Model successfully exported" in log
+    # q4_k_m was quantized from the f16's bytes while the converter wrote them; llama.cpp's pass only copied
+    # (2 layers × 7 matrices + the tied embedding)
+    assert "q4_k_m: 15 of 20 tensors were quantized while converting; llama.cpp's pass copied them" in log
     assert list(info["timings_s"])[0].startswith("merging the LoRA while converting")
     for quant in ("f16", "q4_k_m"):
         assert _sha(fused / f"fused-{quant}.gguf") == _sha(two_step / f"two-step-{quant}.gguf"), quant
@@ -50,3 +57,84 @@ def test_merge_on_the_fly_gives_the_same_bytes_as_merging_first(tmp_path, capsys
     assert llama_cpp.llama_model_quantize(str(fused / "fused-f16.gguf").encode(), str(ref).encode(),
                                           ctypes.byref(params)) == 0
     assert _sha(ref) == _sha(fused / "fused-q4_k_m.gguf")
+
+
+def _llama_cpp_quantize(src: Path, out: Path, quant: str) -> str:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
+    return _sha(out)
+
+
+@pytest.fixture(scope="module")
+def untied_f16(tmp_path_factory) -> Path:
+    """An untied 4-layer Llama (output.weight of its own) with ffn_down rows of 320, converted to f16 once."""
+    from core.export import convert
+    from tests.helpers import make_tiny_llama
+
+    work = tmp_path_factory.mktemp("untied")
+    model = make_tiny_llama(work / "model", hidden=256, intermediate=320, layers=4, tie_embeddings=False)
+    return convert.convert_hf(model, work / "untied-f16.gguf")
+
+
+@pytest.mark.parametrize("quant", ["q4_k_m", "q5_k_m"])
+def test_streamed_quant_of_a_growing_file_is_llama_cpps_own(untied_f16, tmp_path, quant):
+    """`follow` reads a file still being written (copied here in 1 MB pieces, as the converter appends)."""
+    from core.export import convert, stream_quant
+
+    growing, done = tmp_path / "growing.gguf", threading.Event()
+
+    def write_slowly() -> None:
+        with open(untied_f16, "rb") as src, open(growing, "wb") as dst:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                dst.write(block)
+                dst.flush()
+                time.sleep(0.01)
+        done.set()
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    streamed = stream_quant.follow(growing, tmp_path / "pre.gguf", quant, 2, done)
+    writer.join()
+    # 4 layers × 7 matrices + token_embd + output
+    assert {k: v for k, v in streamed.items() if k != "seconds"} == {"path": tmp_path / "pre.gguf", "quantized": 30,
+                                                                     "tensors": 39}
+    assert streamed["seconds"]["total"] >= streamed["seconds"]["header"] >= 0
+    assert _sha(growing) == _sha(untied_f16)
+    ours = convert.quantize(streamed["path"], tmp_path / f"ours-{quant}.gguf", quant)
+    assert _sha(ours) == _llama_cpp_quantize(untied_f16, tmp_path / f"ref-{quant}.gguf", quant)
+
+
+def test_a_wrong_streamed_type_is_refused_and_quantized_from_the_f16(untied_f16, tmp_path, monkeypatch, capsys):
+    """The safety net: llama.cpp will not re-quantize a tensor whose type differs from its own choice, so the
+    export falls back to quantizing from the f16 and the bytes stay llama.cpp's."""
+    from core.export import gguf, stream_quant
+
+    right = stream_quant.target_types
+    monkeypatch.setattr(stream_quant, "target_types",
+                        lambda *a: {**right(*a), "blk.0.attn_q.weight": stream_quant.Q8_0})  # llama.cpp: q4_K
+    done = threading.Event()
+    done.set()
+    pre = stream_quant.follow(untied_f16, tmp_path / "pre.gguf", "q4_k_m", 1, done)
+    out = gguf.quantize(untied_f16, tmp_path / "out.gguf", "q4_k_m", 1, {**pre, "quant": "q4_k_m"})
+    assert "llama.cpp refused the streamed tensors" in capsys.readouterr().out
+    assert not pre["path"].exists()
+    assert _sha(out) == _llama_cpp_quantize(untied_f16, tmp_path / "ref.gguf", "q4_k_m")
+
+
+def test_models_whose_types_are_not_reproduced_are_not_streamed(untied_f16):
+    """q8_0 (cheap: not streamed), and an arch with its own rules (falcon), give None: quantized as before."""
+    from core.export import stream_quant
+
+    with open(untied_f16, "rb") as f:
+        _, kv, tensors, _ = stream_quant.parse_header(f)
+    assert stream_quant.target_types(kv, tensors, "q8_0") is None
+    assert stream_quant.target_types({**kv, "general.architecture": "falcon"}, tensors, "q4_k_m") is None
+    types = stream_quant.target_types(kv, tensors, "q4_k_m")
+    # llama.cpp's choices for 4 layers: attn_v / ffn_down of layers 2 and 3 get more bits (use_more_bits),
+    # ffn_down's rows of 320 fall back (q6_K → q8_0, q4_K → q5_0); untied: output q6_K, token_embd q4_K
+    assert types["output.weight"] == stream_quant.Q6_K and types["token_embd.weight"] == stream_quant.Q4_K
+    assert [types[f"blk.{i}.attn_v.weight"] for i in range(4)] == [12, 12, 14, 14]
+    assert [types[f"blk.{i}.ffn_down.weight"] for i in range(4)] == [6, 6, 8, 8]

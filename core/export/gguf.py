@@ -128,7 +128,7 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
         state["step"] += 1
 
     f16_path = work / f"{name}-f16.gguf"
-    model_dir, merge_info, f16 = merge_and_convert(cfg, src, work, f16_path, begin, end)
+    model_dir, merge_info, f16, streamed = merge_and_convert(cfg, src, work, f16_path, begin, end, threads)
     if merge_info is not None and not cfg.verify and not cfg.keep_merged:
         shutil.rmtree(model_dir)  # converted; nothing reads it again, so give the disk back now
     ggufs: dict[str, Path] = {}
@@ -137,7 +137,7 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
             ggufs[quant] = f16
             continue
         begin(f"quantizing to {quant}")
-        ggufs[quant] = convert.quantize(f16, work / f"{name}-{quant}.gguf", quant, threads)
+        ggufs[quant] = quantize(f16, work / f"{name}-{quant}.gguf", quant, threads, streamed)
         end()
     # a study measures f16 as its reference even when it is not kept
     checked = {"f16": f16, **ggufs} if cfg.study else ggufs
@@ -178,12 +178,63 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
     return result
 
 
-def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path, begin, end):
-    """Merge the LoRA (when there is one and the mode is 'merged') while the converter starts, then convert
-    to f16. Returns (the folder converted, the merge's report or None, the f16 GGUF)."""
+def quantize(f16: Path, out: Path, quant: str, threads: int, streamed: dict | None) -> Path:
+    """`quant` from the f16 GGUF; when it was streamed during the conversion, llama.cpp's pass only copies
+    the already quantized tensors (and quantizes from the f16 as before if it refuses them)."""
     from core.export import convert
 
-    model_dir, merge_info = src.base_dir, None
+    if streamed and streamed["quant"] == quant:
+        try:
+            out = convert.quantize(streamed["path"], out, quant, threads)
+            print(f"[export] {quant}: {streamed['quantized']} of {streamed['tensors']} tensors were quantized "
+                  "while converting; llama.cpp's pass copied them", flush=True)
+            print(f"[export] streaming {quant}: header on disk after {streamed['seconds']['header']} s, waited "
+                  f"{streamed['seconds']['waiting']} s for the converter's bytes, done after "
+                  f"{streamed['seconds']['total']} s", flush=True)
+            return out
+        except IrisError as err:
+            print(f"[export] {quant}: llama.cpp refused the streamed tensors ({err}); quantizing from the f16",
+                  flush=True)
+        finally:
+            Path(streamed["path"]).unlink(missing_ok=True)
+    return convert.quantize(f16, out, quant, threads)
+
+
+def convert_streaming(cfg: ExportConfig, model_dir: Path, f16_path: Path, threads: int, merge) -> tuple[Path, dict | None]:
+    """Convert to f16 while the first quant that `core.export.stream_quant` reproduces (q4_k_m, q5_k_m) is
+    quantized from the f16's bytes as they are written (a thread here; the converter runs on one core)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.export import convert, stream_quant
+
+    quant = next((q for q in stream_quant.STREAMED if q in cfg.quants), None)  # q4_k_m first: the usual choice
+    if quant is None:
+        return convert.convert_hf(model_dir, f16_path, merge=merge), None
+    done = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        pre = f16_path.with_name(f".{f16_path.stem}-{quant}-streamed.gguf.tmp")
+        following = pool.submit(stream_quant.follow, convert.tmp_name(f16_path), pre, quant, threads, done)
+        try:
+            f16 = convert.convert_hf(model_dir, f16_path, merge=merge)
+        finally:
+            done.set()
+        try:
+            streamed = following.result()
+        except Exception as err:  # a bug here must not cost the export: quantize from the f16 as before
+            print(f"[export] quantizing while converting failed ({type(err).__name__}: {err}); "
+                  "quantizing from the f16", flush=True)
+            streamed = None
+    return f16, streamed and {**streamed, "quant": quant}
+
+
+def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path, begin, end, threads: int = 1):
+    """Merge the LoRA (when there is one and the mode is 'merged') while the converter starts, then convert
+    to f16. Returns (the folder converted, the merge's report or None, the f16 GGUF, the streamed quant or
+    None)."""
+    from core.export import convert
+
+    model_dir, merge_info, streamed = src.base_dir, None, None
     if cfg.mode == "merged" and src.adapter_dir is not None and not (cfg.verify or cfg.keep_merged or cfg.study):
         from core.export.merge import plan_merge, write_side_files
 
@@ -193,7 +244,8 @@ def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path
         model_dir.mkdir()
         write_side_files(Path(src.base_dir), Path(src.adapter_dir), model_dir, cfg.merge_dtype)
         merge_info = {**plan_merge(src.base_dir, src.adapter_dir, cfg.merge_dtype)[1], "on_the_fly": True}
-        f16 = convert.convert_hf(model_dir, f16_path, merge=(src.base_dir, src.adapter_dir, cfg.merge_dtype))
+        f16, streamed = convert_streaming(cfg, model_dir, f16_path, threads,
+                                          (src.base_dir, src.adapter_dir, cfg.merge_dtype))
         end()
         begin("converted (in the merge's pass)")  # the plan's separate convert step, so progress counts match
     elif cfg.mode == "merged" and src.adapter_dir is not None:
@@ -222,13 +274,15 @@ def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path
         # a LoRA-only export's base GGUF takes the adapter's tokenizer files: one template for both export modes
         f16 = convert.convert_hf(plain_view(model_dir, work, src.adapter_dir if cfg.mode == "lora" else None), f16_path)
     end()
-    return model_dir, merge_info, f16
+    return model_dir, merge_info, f16, streamed
 
 
 def leftovers(out: Path) -> list[Path]:
-    """Hidden work folders (`.work-*`: the merged model, the f16 GGUF) and partial `.tmp` files in an export."""
+    """Hidden work folders (`.work-*`: the merged model, the f16 GGUF) and partial `.gguf.tmp` files in an export.
+    Not every `.*.tmp`: core.paths' atomic writes (the launcher's `.status.json.*.tmp`) live there for a moment
+    too, and a rerun's clean-up deleting one made the launcher's rename fail."""
     out = Path(out)
-    return sorted([*out.glob(".work-*"), *out.glob(".*.tmp")]) if out.is_dir() else []
+    return sorted([*out.glob(".work-*"), *out.glob(".*.gguf.tmp")]) if out.is_dir() else []
 
 
 def clean_leftovers(out: Path, own_job: bool = False) -> list[str]:

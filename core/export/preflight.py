@@ -22,6 +22,7 @@ from pathlib import Path
 from core.errors import IrisError
 from core.export.config import QUANT_TABLE
 from core.export.merge import DTYPE_BYTES, model_index, read_header
+from core.export.stream_quant import STREAMED
 
 GB = 1024**3
 MB = 1024**2
@@ -153,7 +154,12 @@ def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify:
     # f16, f32 narrows to an f16 copy (measured on Llama-3.2-1B: 1.07 GB from f16; from bf16 2.23 GiB
     # before core.export.convert trimmed the heap)
     extra = 0 if (merge or size.src_dtype == "F16") else size.largest * (4 if size.src_dtype == "BF16" else 2)
-    disk += f16_file
+    # without verification or study the converter merges on the fly and q4_k_m / q5_k_m is quantized while it
+    # writes (core.export.stream_quant): that copy sits beside the f16 until llama.cpp's pass has copied it
+    on_the_fly = merge and not verify and not keep_merged and not study and mode == "merged"
+    streamed_q = next((q for q in STREAMED if q in quants), None) if on_the_fly else None
+    streamed = int(size.params * BYTES_PER_PARAM[streamed_q]) if streamed_q else 0
+    disk += f16_file + streamed
     steps.append(Step("convert", max(CONVERTER_VOCAB, CONVERTER + size.largest * src_bytes + extra), disk,
                       FIXED_S["convert" if merge else "convert_alone"] + SECONDS_PER_B["convert"] * b))
     if merge and not verify and not keep_merged:
@@ -164,6 +170,8 @@ def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify:
         disk += int(size.params * BYTES_PER_PARAM[q])
         steps.append(Step(f"quantize {q}", PYTHON_LLAMA + size.largest * 2 + 3 * QUANT_BUF, disk,
                           FIXED_S["quantize"] + SECONDS_PER_B[q] * b * speed))
+        if q == streamed_q:
+            disk -= streamed
     if mode == "lora":
         disk += 2 * adapter
         steps.append(Step("convert LoRA", PYTHON_TORCH + 3 * adapter, disk, FIXED_S["convert_alone"]))
