@@ -172,23 +172,24 @@ def test_launch_hands_the_run_to_a_warm_process(home_with_model, monkeypatch):
     Launch gives it the run, which starts from that model instead of reading it again."""
     from core.models import EMBEDDED_ID
     from core.train import launch
+    from core.train.estimate import estimate
+    from core.train.warm import warm_ready
 
     monkeypatch.setenv("IRIS_WARM_START", "1")
-    from core.train.estimate import estimate
 
     toy_version(rows=40, eval_rows=0)
     cfg = tiny_cfg(EMBEDDED_ID, run_name="warm", eval_steps=0, max_seq_length=48)
     cold = estimate(cfg).parts["startup_s"]
-    assert launch.warm_ready(EMBEDDED_ID) == "" and cold["importing libraries"] > 0
+    assert warm_ready(EMBEDDED_ID) == "" and cold["importing libraries"] > 0
     pid = launch.warm_up()
     assert pid and launch.warm_up() is None  # one at a time
     deadline = time.time() + 900
     while not (launch.warm_dir() / f"{pid}.ready").exists():
         assert time.time() < deadline and jobs.pid_alive(pid), (launch.warm_dir() / "warm.log").read_text()
         time.sleep(0.2)
-    assert launch.warm_ready(EMBEDDED_ID) == "model" and launch.warm_ready("other/model") == "imports"
-    warm = estimate(cfg).parts["startup_s"]  # the estimate counts what the warm process has already done
-    assert warm["importing libraries"] == 0 and warm["loading model"] < cold["loading model"]
+    assert warm_ready(EMBEDDED_ID) == "model" and warm_ready("other/model") == "imports"
+    ready = estimate(cfg).parts["startup_s"]  # the estimate counts what the warm process has already done
+    assert ready["importing libraries"] == 0 and ready["loading model"] < cold["loading model"]
     run_dir = lora.start(cfg)
     assert launch.warm_up() is None  # not while a run starts: its imports would take a core from the run
     assert jobs.read_status(run_dir)["pid"] == pid and jobs.read_status(run_dir)["warm"]

@@ -328,7 +328,7 @@ def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds) -> 
     """Training time from bench/train_gpu.py's measured rates on this version's lengths (CUDA), plus the phases
     before step 1 (core.train.throughput owns both)."""
     from core import models
-    from core.train import launch, throughput
+    from core.train import throughput, warm
 
     out = {"notes": []}
     if device.kind == "cuda":
@@ -342,7 +342,7 @@ def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds) -> 
                             f"{_duration(got['epoch_seconds'])}.")
     ready = not models.is_embedded(cfg.base_model) or (models.models_dir() / models.EMBEDDED_ID / "model.safetensors").exists()
     startup = throughput.startup_seconds(cfg, device.kind, n_rows, ready, cached=False,
-                                         warm=launch.warm_ready(cfg.base_model) if processes == 1 else "")
+                                         warm=warm.warm_ready(cfg.base_model) if processes == 1 else "")
     out["startup_s"] = startup
     return seconds + sum(startup.values()), out
 

@@ -22,6 +22,7 @@ import yaml
 
 from core import jobs
 from core.errors import IrisError
+from core.train.warm import warm_dir, warm_enabled
 
 PORT = 29500  # torch.distributed's usual rendezvous port
 LAUNCH_DIR = "launch"
@@ -117,17 +118,6 @@ WARM_MODULES = ("torch", "transformers", "transformers.models.llama.modeling_lla
                 "core.train.tokens")
 
 
-def warm_dir() -> Path:
-    from core.paths import iris_home
-
-    return iris_home() / "cache" / "warm"
-
-
-def warm_enabled() -> bool:
-    """IRIS_WARM_START=0 turns warm processes off (the tests do: each would hold ~0.5 GB for 30 min)."""
-    return os.environ.get("IRIS_WARM_START", "1") != "0"
-
-
 def warm_up() -> int | None:
     """Start a warm process unless one is starting or waiting, or a run is starting or training: its ~15 s of
     imports would take one of the run's two cores. Returns the new one's pid, or None."""
@@ -151,16 +141,6 @@ def warm_up() -> int | None:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     (folder / f"{proc.pid}.starting").touch()
     return proc.pid
-
-
-def warm_ready(base_model: str = "") -> str:
-    """What a Launch now would find: "model" (a warm process ready with `base_model` loaded: the embedded one),
-    "imports" (one ready), or "" (none: a new Python starts). For the estimate; claims nothing."""
-    from core.models import is_embedded
-
-    folder = warm_dir()
-    ready = warm_enabled() and folder.exists() and any(jobs.pid_alive(int(m.stem)) for m in folder.glob("*.ready"))
-    return ("model" if is_embedded(base_model) else "imports") if ready else ""
 
 
 def claim_warm() -> int | None:
