@@ -260,7 +260,11 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def lsh_candidates(signatures: np.ndarray, threshold: float = NEAR_DUP_THRESHOLD, max_offset: int = 32) -> np.ndarray:
+LSH_MAX_OFFSET = 32  # within an LSH bucket, each member is paired with the next this many (out-of-core too)
+
+
+def lsh_candidates(signatures: np.ndarray, threshold: float = NEAR_DUP_THRESHOLD,
+                   max_offset: int = LSH_MAX_OFFSET) -> np.ndarray:
     """Candidate pairs (i, j), i < j, sharing at least one LSH band; banding is tuned for recall a bit
     below `threshold` (by 0.1): the signature's Jaccard estimate runs ≈0.03 low and ±0.035 at ~250 shingles."""
     n, num_perm = signatures.shape

@@ -206,12 +206,9 @@ def write_piece(task: dict) -> dict:
             "columns": table.column_names}
 
 
-MAX_OFFSET = 32  # pairs within an LSH bucket up to this many members apart, as dedup.lsh_candidates
-
-
 def band_pairs(files: list[str], first: int, last: int) -> np.ndarray:
     """Candidate pairs (i < j, unique, sorted) from the buckets of bands first..last: in every (band, key)
-    bucket, members in row order, each paired with the next MAX_OFFSET members, as dedup.lsh_candidates pairs
+    bucket, members in row order, each paired with the next dedup.LSH_MAX_OFFSET members, as dedup.lsh_candidates pairs
     them. Reads only the row groups whose statistics say they hold those bands. Unique before returning:
     a cluster of exact copies gives the same pairs in every band (at 2M rows the raw pairs of all bands
     held 15 GB)."""
@@ -223,7 +220,7 @@ def band_pairs(files: list[str], first: int, last: int) -> np.ndarray:
     del band, key
     group = np.cumsum(new)
     out = [np.zeros((0, 2), dtype=np.int64)]
-    for d in range(1, MAX_OFFSET + 1):
+    for d in range(1, dedup.LSH_MAX_OFFSET + 1):
         same = group[d:] == group[:-d]
         if not same.any():
             break
