@@ -112,11 +112,12 @@ def test_background_subprocess_counts_equal_in_process(llama3, monkeypatch):
 
 
 def test_template_renders_as_transformers_renders_it(llama3):
-    """token_count.render_template (plain jinja2, so worker processes need not import transformers) gives
+    """core.templates.render_template (plain jinja2, so worker processes need not import transformers) gives
     transformers' own render for the real Llama-3.2 template, the training templates with {% generation %}
     markers, and a template using tojson, loop controls and raise_exception."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
+    from core import templates
     from core.train.backends import CHATML_TRAIN_TEMPLATE, LLAMA3_TRAIN_TEMPLATE
 
     strict = ("{% for m in messages %}{% if loop.index0 > 3 %}{% break %}{% endif %}"
@@ -132,7 +133,7 @@ def test_template_renders_as_transformers_renders_it(llama3):
                 want = render_jinja_template(conversations=[msgs], chat_template=template, **special)[0][0]
             except Exception as err:
                 with pytest.raises(type(err)):
-                    token_count.render_template(template, msgs, **special)
+                    templates.render_template(template, msgs, **special)
                 continue
-            assert token_count.render_template(template, msgs, **special) == want
+            assert templates.render_template(template, msgs, **special) == want
     assert llama3.overhead(("user", "assistant")) > 0 and ("user", "assistant") in llama3._overheads

@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import IrisError
+from core.templates import render_template
 
 L, N, P, WS, NL, X = 0, 1, 2, 3, 4, 5  # unit classes; X = the boundary between two texts
 _SENTINEL = 0x110000  # above every Unicode code point
@@ -275,51 +276,6 @@ class TokenCounter:
             else:
                 self._overheads[roles] = len(self.tok.encode(rendered, add_special_tokens=False).ids)
         return self._overheads[roles]
-
-
-@functools.lru_cache(maxsize=8)
-def _compiled(template: str):
-    """`template` compiled in the Jinja environment transformers' apply_chat_template uses (its
-    chat_template_utils._cached_compile_jinja_template): sandboxed, trim_blocks + lstrip_blocks, loop
-    controls, its tojson / raise_exception / strftime_now, and {% generation %} blocks rendered as their body.
-    Why not transformers itself: importing it costs ≈ 5–10 CPU s, paid by every worker process of the
-    out-of-core engines for a handful of renders (tests/test_token_count.py pins equal output)."""
-    import json as _json
-    from datetime import datetime
-
-    import jinja2
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(Extension):
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return _json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
-
-
-def render_template(template: str, messages: list[dict], add_generation_prompt: bool = False, **special) -> str:
-    """One conversation rendered by a chat template, as transformers' render_jinja_template renders it
-    (no tools, no documents)."""
-    return _compiled(template).render(messages=messages, tools=None, documents=None,
-                                      add_generation_prompt=add_generation_prompt, **special)
 
 
 def _token_text(tok) -> str | None:

@@ -75,25 +75,21 @@ def hf_perplexity(model_dir: str | Path, conversations: list[list[dict]], adapte
 
 def _render_gguf_template(llm, messages: list[dict]) -> str:
     """Render with the chat template stored in the GGUF (as transformers renders its own)."""
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from core.templates import TemplateRefused, render_template
 
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         raise IrisError("this GGUF has no chat template in its metadata, so its held-out loss cannot be computed.")
 
-    def raise_exception(message):
-        raise IrisError(f"the model's chat template refused the conversation: {message}")
-
     def token(key: str) -> str:
         tid = llm.metadata.get(key)
         return llm.detokenize([int(tid)], special=True).decode("utf-8", "replace") if tid is not None else ""
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: time.strftime(fmt))
-    return env.from_string(template).render(messages=messages, add_generation_prompt=False,
-                                            bos_token=token("tokenizer.ggml.bos_token_id"),
-                                            eos_token=token("tokenizer.ggml.eos_token_id"))
+    try:
+        return render_template(template, messages, bos_token=token("tokenizer.ggml.bos_token_id"),
+                               eos_token=token("tokenizer.ggml.eos_token_id"))
+    except TemplateRefused as err:
+        raise IrisError(f"the model's chat template refused the conversation: {err}") from None
 
 
 def gguf_perplexity(gguf_path: str | Path, conversations: list[list[dict]], max_tokens: int = MAX_TOKENS,
