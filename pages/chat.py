@@ -7,6 +7,7 @@ from core.errors import IrisError
 from ui import chat as chat_ui
 from ui.forms import decoding_inputs
 from ui.serve_panel import serve_panel
+from ui.text import show_text
 
 
 @st.cache_resource
@@ -74,7 +75,7 @@ with tab_chat:
         with st.chat_message(m["role"]):
             if took_over:
                 st.caption(f"Model: {took_over}")
-            chat_ui.show_text(m["content"])
+            show_text(m["content"])
             if m.get("note"):
                 st.caption(f"⚠ {m['note']}")
             if m.get("stats"):
@@ -96,7 +97,7 @@ with tab_chat:
             st.rerun()
         ss.messages.append({"role": "user", "content": prompt})
         with st.chat_message("user"):
-            chat_ui.show_text(prompt)
+            show_text(prompt)
         with st.chat_message("assistant"):
             if stream.note:
                 st.caption(f"⚠ {stream.note}")

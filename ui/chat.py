@@ -11,7 +11,7 @@ import streamlit as st
 from core import inference
 from core.chat import compare, transcripts
 from core.errors import IrisError
-from ui.text import show_text  # noqa: F401  (pages import it from here too)
+from ui.text import show_text
 
 REDRAW_S = 0.1  # seconds between redraws of a streaming answer (each redraw re-sends the text so far)
 

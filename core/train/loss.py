@@ -33,6 +33,7 @@ def label_positions_loss(model, inputs: dict, num_items_in_batch=None):
     """The causal-LM loss of `inputs` (input_ids, labels, attention_mask / position_ids as the collator gives)
     computed with the LM head over labelled positions only."""
     import torch.nn.functional as F
+    from transformers.loss.loss_utils import fixed_cross_entropy
 
     causal = _causal_lm(model)
     labels = inputs["labels"]
@@ -41,9 +42,5 @@ def label_positions_loss(model, inputs: dict, num_items_in_batch=None):
     shifted = F.pad(labels, (0, 1), value=-100)[..., 1:]  # position t predicts token t + 1
     keep = shifted != -100
     logits = causal.lm_head(hidden[keep]).float()  # (labelled tokens, vocab)
-    if num_items_in_batch is None:
-        return F.cross_entropy(logits, shifted[keep], reduction="mean")
-    total = F.cross_entropy(logits, shifted[keep], reduction="sum")
-    if hasattr(num_items_in_batch, "to"):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
+    # the reduction the model's own loss uses (ForCausalLMLoss): mean, or sum / num_items_in_batch
+    return fixed_cross_entropy(logits, shifted[keep], num_items_in_batch)
