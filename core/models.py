@@ -188,14 +188,20 @@ def _lock(name: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def materialised_embedded() -> Path | None:
+    """The embedded model's transformers checkpoint if this machine has made it already, else None."""
+    target = models_dir() / EMBEDDED_ID
+    return target if (target / "model.safetensors").exists() else None
+
+
 def materialise_embedded() -> Path:
     """Turn the embedded GGUF into a transformers checkpoint once (≈15 s, 538 MB fp32 on disk)."""
+    if found := materialised_embedded():
+        return found
     target = models_dir() / EMBEDDED_ID
-    if (target / "model.safetensors").exists():
-        return target
     with _lock(EMBEDDED_ID):
-        if (target / "model.safetensors").exists():
-            return target
+        if found := materialised_embedded():
+            return found
         from core.llamacpp import ensure_gguf_importable
 
         ensure_gguf_importable()

@@ -340,7 +340,7 @@ def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds) -> 
         out["notes"].append(f"Expected ~{got['real_tokens_per_s']:,.0f} real tokens/s ({got['pad_share']:.0%} padding) "
                             f"on this version's lengths (mean {got['mean_tokens']:.0f} tokens): one epoch ≈ "
                             f"{_duration(got['epoch_seconds'])}.")
-    ready = not models.is_embedded(cfg.base_model) or (models.models_dir() / models.EMBEDDED_ID / "model.safetensors").exists()
+    ready = not models.is_embedded(cfg.base_model) or models.materialised_embedded() is not None
     startup = throughput.startup_seconds(cfg, device.kind, n_rows, ready, cached=False,
                                          warm=warm.warm_ready(cfg.base_model) if processes == 1 else "")
     out["startup_s"] = startup

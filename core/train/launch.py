@@ -173,12 +173,10 @@ def launch_warm(run_dir: Path, pid: int, args: list[str], log_name: str) -> int:
 def preload_embedded() -> None:
     """Load the embedded base model (the CPU presets' base), if this machine has materialised it, so a run on it
     skips reading its weights; a run on another base loads its own as usual. Holds ~0.55 GB more while waiting."""
-    from core.models import EMBEDDED_ID
-    from core.paths import models_dir
+    from core.models import materialised_embedded
     from core.train import backends
 
-    folder = models_dir() / EMBEDDED_ID
-    if (folder / "model.safetensors").exists():
+    if folder := materialised_embedded():
         backends.preload(folder)
 
 
