@@ -137,10 +137,10 @@ assert not at.exception and len(at.dataframe[0].value) == 50, at.exception
 start = time.perf_counter()
 at.number_input(key="big_page").set_value(1000).run()
 paged = time.perf_counter() - start
-# this process's own peak (VmHWM): ru_maxrss carries the bench's peak over exec on Linux (1.4 GiB after
-# generating 2M rows, where the page itself held 0.3 GiB)
-hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(opened_cpu, opened, paged, hwm / 2**20)
+# this process's own peak: ru_maxrss carries the bench's peak over exec on Linux (1.4 GiB after generating
+# 2M rows, where the page itself held 0.3 GiB)
+from core.jobs import own_peak_rss_bytes
+print(opened_cpu, opened, paged, own_peak_rss_bytes() / 2**30)
 """
 
 

@@ -107,6 +107,17 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def own_peak_rss_bytes() -> int | None:
+    """This process's own peak resident memory (VmHWM), or None where /proc is missing. getrusage's ru_maxrss
+    is not its own: Linux carries the parent's peak over exec, so a measuring child would report the peak of
+    whatever started it."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), None)  # kB
+    except OSError:
+        return None
+
+
 def read_status(job_dir: Path) -> dict:
     """status.json, with `state` corrected to `died` when an active job's process is gone."""
     status = read_json(Path(job_dir) / STATUS, default={}) or {}

@@ -38,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
+from core import jobs
 from core.errors import IrisError
 from core.templates import render_template
 
@@ -359,10 +360,8 @@ def _count_file(src: Path, folder: Path, out: Path, strip: bool) -> None:
             parts.append(counter.count(reader.get_batch(i).column(0).to_pylist(), strip=strip, threads=1))
     tmp = out.with_suffix(".tmp.npy")
     np.save(tmp, np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
-    # this process's own peak (VmHWM: getrusage would include the parent's pages from before exec)
-    hwm = next((int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")), 0) \
-        if Path("/proc/self/status").exists() else 0
-    out.with_suffix(".json").write_text(json.dumps({"peak_rss_bytes": hwm * 1024}))
+    # this process's own peak (getrusage would include the parent's pages from before exec)
+    out.with_suffix(".json").write_text(json.dumps({"peak_rss_bytes": jobs.own_peak_rss_bytes() or 0}))
     tmp.replace(out)
 
 

@@ -125,15 +125,13 @@ def _bench(gguf: Path, prompts: list[list[int]], threads: int) -> dict:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory. VmHWM belongs to the process's own memory map, so it starts afresh at
-    exec; ru_maxrss does not (Linux carries the parent's peak over exec: every quant then showed the study
-    process's own 1.5 GB). ru_maxrss only where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
+    """This process's own peak resident memory (core.jobs.own_peak_rss_bytes: every quant showed the study
+    process's own 1.5 GB with ru_maxrss); ru_maxrss only where /proc is missing."""
+    from core.jobs import own_peak_rss_bytes
+
+    own = own_peak_rss_bytes()
+    if own is not None:
+        return own
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
