@@ -64,7 +64,8 @@ with st.expander("Load a dataset", expanded=st.session_state.source is None):
         keep_broken = st.checkbox("Keep rows with broken role order")
     if st.button("Load", type="primary", disabled=not chosen):
         try:  # a source that fails leaves the loaded dataset and the recipe edits as they were
-            big_version.is_big_source(chosen) or load_rows(chosen, split, revision, keep_broken)  # big: on disk
+            if not big_version.is_big_source(chosen):  # a big version stays on disk
+                load_rows(chosen, split, revision, keep_broken)
             st.session_state.source = (chosen, split, revision, keep_broken)
         except IrisError as err:
             st.error(str(err))

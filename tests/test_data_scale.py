@@ -288,6 +288,7 @@ def test_data_page_browses_searches_and_filters_a_version_over_the_in_memory_thr
     at.button[0].click().run()
     assert not at.exception, at.exception
     assert loads == []  # Load read the whole version into the app first (2M rows: minutes and GiBs)
+    assert "`True`" not in [m.value for m in at.markdown]  # Streamlit's magic wrote a bare expression's value
     assert any("queried on disk" in c.value for c in at.caption)
     assert "measure" not in str(at.session_state)  # nothing was loaded or measured in the app
     at.text_input(key="big_query").set_value("capital").run()
