@@ -7,10 +7,10 @@ from core import versions
 from core.data import edu, measure, store
 from core.data import view as data_view
 from core.data.dedup import NEAR_DUP_THRESHOLD
-from core.data.filters import STEP_TABLE, DataRecipe, apply_recipe, default_recipe
+from core.data.filters import DataRecipe, apply_recipe, default_recipe
 from core.errors import IrisError
 from ui import big_version
-from ui.forms import field_input
+from ui.forms import recipe_step_inputs
 from ui.preference import show_row
 
 
@@ -49,8 +49,9 @@ with st.expander("Load a dataset", expanded=st.session_state.source is None):
         chosen = "sample"
     elif kind == "Saved version":
         names = [v["name"] for v in versions.list_versions()]
-        pick = st.selectbox("Version", names) if names else None
-        chosen = f"version:{pick}" if pick else st.info("No saved versions yet.")
+        if not names:  # nothing to load: Load stays disabled
+            st.info("No saved versions yet.")
+        chosen = f"version:{st.selectbox('Version', names)}" if names else None
     elif kind == "Upload a file":
         upload = st.file_uploader("ShareGPT / Alpaca / messages file", type=["parquet", "jsonl", "json", "csv"])
         keep_broken = st.checkbox("Keep rows with broken role order (the role_order step drops them)")
@@ -103,17 +104,7 @@ with stats:
         st.plotly_chart(fig, use_container_width=True)
 
 with recipe_tab:
-    base = default_recipe()
-    steps = []
-    for step in base.steps:
-        kind = STEP_TABLE[step.kind]
-        fields = {n: f for n, f in kind.fields.items() if f.widget}
-        cols = st.columns([1.3] + [1] * max(1, len(fields)))
-        on = cols[0].toggle(kind.label, value=step.enabled, key=f"on_{step.kind}", help=kind.help)
-        params = {}
-        for col, (name, f) in zip(cols[1:], fields.items()):
-            params[name] = field_input(col, f, step.params[name], f"{step.kind}.{name}", edu.PROTOTYPES)
-        steps.append({"kind": step.kind, "enabled": on, "params": params})
+    steps = recipe_step_inputs(st, default_recipe(), edu.PROTOTYPES)  # a toggle and fields per step
     try:  # the recipe checks every step's values: a bad one is one sentence, not a traceback
         recipe = DataRecipe(name="page", tokenizer=tokenizer, steps=steps)
         result = filtered(df, key, recipe.to_yaml(), m if "tokens" in m else None)
@@ -144,6 +135,8 @@ with recipe_tab:
     st.download_button("Download recipe YAML", recipe.to_yaml(), "recipe.yaml")
 
 with saved:
-    listing = versions.table_rows()
-    st.dataframe(listing, hide_index=True) if listing else st.info("No saved versions yet.")
+    if listing := versions.table_rows():
+        st.dataframe(listing, hide_index=True)
+    else:
+        st.info("No saved versions yet.")
     st.caption("Reload one with Load a dataset → Saved version.")

@@ -11,9 +11,14 @@ def test_load_filter_save(iris_home):
     at = AppTest.from_file("../pages/data.py", default_timeout=300).run()
     assert not at.exception
     assert any("Load the bundled sample" in i.value for i in at.info)
+    at.radio[0].set_value("Saved version").run()    # none saved yet: nothing to load (Load raised a traceback)
+    assert any("No saved versions yet." in i.value for i in at.info)
+    assert next(b for b in at.button if b.label == "Load").disabled
+    at.radio[0].set_value("Bundled sample").run()
     at.button[0].click().run()                      # Load (bundled sample is the default source)
     assert not at.exception, at.exception
     assert any(c.value.startswith("3,077 rows from bundled:finetome_sample.jsonl") for c in at.caption)
+    assert not at.get("help")  # Streamlit's magic showed a DeltaGenerator's help in the Versions tab
     at.text_input[0].set_value("fractions").run()   # full-text search
     assert any("rows match" in n.label for n in at.number_input)
     assert at.chat_message                          # the conversation viewer shows turns as bubbles

@@ -15,6 +15,23 @@ def field_input(col, f, value: Any, key: str, fallback_lines: list[str] | None =
     return [t for t in text.splitlines() if t.strip()]
 
 
+def recipe_step_inputs(st, recipe, fallback_lines: list[str] | None = None) -> list[dict]:
+    """A row per step of `recipe`: its on/off toggle (key on_<kind>) and a widget per parameter its Field shows
+    (key <kind>.<name>); returns the steps as DataRecipe takes them."""
+    from core.data.filters import STEP_TABLE
+
+    steps = []
+    for step in recipe.steps:
+        kind = STEP_TABLE[step.kind]
+        fields = {n: f for n, f in kind.fields.items() if f.widget}
+        cols = st.columns([1.3] + [1] * max(1, len(fields)))
+        on = cols[0].toggle(kind.label, value=step.enabled, key=f"on_{step.kind}", help=kind.help)
+        params = {name: field_input(col, f, step.params[name], f"{step.kind}.{name}", fallback_lines)
+                  for col, (name, f) in zip(cols[1:], fields.items())}
+        steps.append({"kind": step.kind, "enabled": on, "params": params})
+    return steps
+
+
 def decoding_inputs(st, base) -> dict:
     """Sliders and numbers for every DecodingSettings field, starting from `base` (a preset)."""
     return dict(temperature=st.slider("temperature", 0.0, 2.0, base.temperature, 0.05),
