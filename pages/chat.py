@@ -96,6 +96,8 @@ with tab_chat:
             ss.update(chat_error=str(err), refill=prompt)
             st.rerun()
         ss.messages.append({"role": "user", "content": prompt})
+        history, history_id = list(ss.messages), ss.transcript or transcripts.new_id("chat")
+        ss.transcript = history_id
         with st.chat_message("user"):
             show_text(prompt)
         with st.chat_message("assistant"):
@@ -104,12 +106,22 @@ with tab_chat:
             st.button("Stop", key="stop")
             record = transcripts.answer_message("", {}, stream.note, model_id, settings, choice)
             ss.partial = {**record, "content": ""}  # Stop before the first token still leaves a "stopped" answer
+            so_far = [""]  # the answer's text outside session state, which a stopping script may no longer read
+
+            def on_text(text: str) -> None:
+                so_far[0] = text
+                ss.partial = {**record, "content": text}
             try:
-                chat_ui.stream_answer(stream, lambda text: ss.update(partial={**record, "content": text}))
+                chat_ui.stream_answer(stream, on_text)
             except IrisError as err:  # failed mid-answer (model deleted?): unsend the message, keep its text
                 ss.messages.pop()
                 ss.update(partial=None, chat_error=str(err), refill=prompt)
                 st.rerun()
+            except BaseException:  # Stop, or the tab reloaded / closed (its session ends, nothing reruns): save
+                # the question and the answer so far now, so the Saved list has them at once, in any tab
+                stopped = {**record, "content": so_far[0], "note": "stopped"}
+                transcripts.save_chat(model_id, system, settings, history + [stopped], history_id)
+                raise
         ss.messages.append(transcripts.answer_message(stream.text, stream.stats.to_dict(), stream.note, model_id,
                                                       settings, choice))
         ss.partial = None

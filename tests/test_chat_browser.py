@@ -1,7 +1,7 @@
 """The Chat page in Debian's Chromium (Playwright), as users meet it: a reopened transcript brings back its
 model and shows answers exactly as written (`2*17`, `**kwargs`, a table, an HTML tag); Stop mid-answer and
 the next message is answered; two browser sessions on one model: the second is told it is queued and both
-get their answers. The app is started with README command 1 (`make app`) on a free port."""
+get their answers; a reload mid-answer keeps the question and the answer so far in the Saved list. The app is started with README command 1 (`make app`) on a free port."""
 from __future__ import annotations
 
 import re
@@ -92,6 +92,7 @@ def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(home_with_model)
         time.sleep(1.0)
         _button(a, "Stop").click()
         expect(a.get_by_text("⚠ stopped")).to_be_visible(timeout=60_000)
+        pick_option(sidebar, "Saved", re.compile("a dragon who learns"))  # listed at once, not a run later
         t0 = time.time()
         _send(a, "What is the capital of France? Answer in one word.")
         expect(a.get_by_test_id("stChatMessage").nth(3)).to_contain_text("Paris", timeout=120_000)
@@ -111,4 +112,21 @@ def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(home_with_model)
         expect(a.get_by_test_id("stChatMessage").nth(1)).to_contain_text("tok/s", timeout=300_000)
         expect(b.get_by_test_id("stChatMessage").nth(1)).to_contain_text("Paris", timeout=300_000)
         expect(b.get_by_test_id("stChatMessage").nth(1)).to_contain_text("tok/s")
+
+        # a reload mid-answer ends that session: its question and what had arrived are saved, marked stopped
+        _button(a, "New chat").click()
+        expect(a.get_by_test_id("stChatMessage")).to_have_count(0)
+        _send(a, "Write a long poem about the sea.")
+        _button(a, "Stop").wait_for()
+        time.sleep(1.0)
+        a.reload()
+        a.get_by_role("heading", name="Chat").first.wait_for(timeout=120_000)
+        deadline = time.time() + 60  # the old session saves at its next token; the new page may render first
+        while time.time() < deadline and not any("a long poem" in f.read_text() for f in home.glob("transcripts/*.json")):
+            time.sleep(0.5)
+        _button(a, "New chat").click()  # a run after that save lists it
+        pick_option(sidebar, "Saved", re.compile("a long poem about the sea"))
+        sidebar.get_by_test_id("stButton").filter(has_text=re.compile(r"^Open$")).click()
+        expect(a.get_by_test_id("stChatMessage").first).to_contain_text("Write a long poem about the sea.")
+        expect(a.get_by_test_id("stChatMessage").nth(1)).to_contain_text("⚠ stopped")
         browser.close()
