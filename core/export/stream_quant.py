@@ -172,15 +172,20 @@ def ggml() -> ctypes.CDLL:
     cpu.ggml_cpu_fp16_to_fp32.restype = None
     cpu.ggml_cpu_fp16_to_fp32.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     dll.fp16_to_fp32 = cpu.ggml_cpu_fp16_to_fp32
+    cpu.ggml_cpu_fp32_to_fp16.restype = None  # the other way (round to nearest even), for core.export.predict
+    cpu.ggml_cpu_fp32_to_fp16.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    dll.fp32_to_fp16 = cpu.ggml_cpu_fp32_to_fp16
     return dll
 
 
-def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event) -> dict | None:
+def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event, predictor=None) -> dict | None:
     """Quantize `src` (an f16 GGUF being written) into `out` tensor by tensor as its bytes land.
 
-    `done` is set once the writer has finished or failed. Returns {"path", "quantized", "tensors", "seconds"}
-    (seconds: from the start until the header was on disk, spent waiting for the writer's bytes after it,
-    and in all) or None when nothing can be streamed (unsupported model, or the writer failed first)."""
+    `done` is set once the writer has finished or failed. `predictor`: a `core.export.predict.Predictor` whose
+    blocks are reused for a tensor whose written bytes hash-equal its prediction. Returns {"path", "quantized",
+    "predicted", "tensors", "seconds"} (predicted: tensors whose blocks came from the predictor; seconds: from
+    the start until the header was on disk, spent waiting for the writer's bytes after it, and in all) or None
+    when nothing can be streamed (unsupported model, or the writer failed first)."""
     started = time.time()
     while not src.exists():
         if done.is_set():
@@ -196,7 +201,7 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
             return None
         header_at, waited = time.time(), [0.0]
         result = _write(f, kv_end, tensors, data_start, types, out, max(1, threads), done,
-                        kv.get("general.alignment") or 32, waited)
+                        kv.get("general.alignment") or 32, waited, predictor)
     if result:
         result["seconds"] = {"header": round(header_at - started, 1), "waiting": round(waited[0], 1),
                              "total": round(time.time() - started, 1)}
@@ -218,7 +223,7 @@ def _wait_for_header(f, done: threading.Event):
 
 
 def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: dict[str, int], out: Path,
-           threads: int, done: threading.Event, align: int, waited: list[float]) -> dict | None:
+           threads: int, done: threading.Event, align: int, waited: list[float], predictor=None) -> dict | None:
     import numpy as np
 
     lib = ggml()
@@ -231,7 +236,7 @@ def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: di
         ti += struct.pack(f"<{len(t.dims)}Q", *t.dims) + struct.pack("<IQ", new, offset)
         offset += -(-sizes[t.name] // align) * align
     assert -(-(kv_end + len(ti)) // align) * align == data_start, "tensor info changed length"
-    pool = ThreadPoolExecutor(threads)
+    pool, predicted = ThreadPoolExecutor(threads), 0
     with open(out, "wb") as dst:
         for at in range(0, kv_end, 1 << 20):  # the KV section verbatim (≈ 10 MB with a 128k vocab), 1 MB at a time
             dst.write(os.pread(f.fileno(), min(1 << 20, kv_end - at), at))
@@ -243,13 +248,31 @@ def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: di
                 return None
             waited[0] += time.time() - t0
             new = types.get(t.name, t.type)
+            guess = predictor.take(t.name) if predictor and new != t.type else None
             if new == t.type:
                 dst.write(os.pread(f.fileno(), src_bytes, data_start + t.offset))
+            elif guess and _predicted(f, data_start + t.offset, src_bytes, t, new, sizes[t.name], guess):
+                predictor.blocks(guess, dst)
+                predicted += 1
             else:
+                if guess:  # a wrong guess: this model's bytes are not predicted right, so spend no more CPU on them
+                    predictor.stop.set()
                 _quantize(f, data_start + t.offset, t, new, lib, pool, dst)
             dst.write(bytes(-sizes[t.name] % align))
     pool.shutdown()
-    return {"path": out, "quantized": len(types), "tensors": len(tensors)}
+    return {"path": out, "quantized": len(types), "predicted": predicted, "tensors": len(tensors)}
+
+
+def _predicted(f, start: int, nbytes: int, t: TensorInfo, new: int, size: int, guess) -> bool:
+    """Whether the written f16 bytes of `t` are the ones `guess` (a core.export.predict.Prediction) quantized."""
+    import hashlib
+
+    if t.type != F16 or guess.type != new or guess.nbytes != size:
+        return False
+    digest = hashlib.sha256()
+    for at in range(0, nbytes, 1 << 24):  # 16 MB at a time: the embedding alone is 0.5 GB
+        digest.update(os.pread(f.fileno(), min(1 << 24, nbytes - at), start + at))
+    return digest.digest() == guess.digest
 
 
 def _wait_for(f, end: int, done: threading.Event) -> bool:
