@@ -104,7 +104,7 @@ def test_streamed_quant_of_a_growing_file_is_llama_cpps_own(untied_f16, tmp_path
     writer.join()
     # 4 layers × 7 matrices + token_embd + output
     assert {k: v for k, v in streamed.items() if k != "seconds"} == {"path": tmp_path / "pre.gguf", "quantized": 30,
-                                                                     "tensors": 39}
+                                                                     "predicted": 0, "tensors": 39}
     assert streamed["seconds"]["total"] >= streamed["seconds"]["header"] >= 0
     assert _sha(growing) == _sha(untied_f16)
     ours = convert.quantize(streamed["path"], tmp_path / f"ours-{quant}.gguf", quant)

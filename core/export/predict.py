@@ -35,7 +35,7 @@ LAYER_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self
                "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                "mlp.down_proj": "ffn_down"}
 PERMUTED = (".attn_q.", ".attn_k.")  # the converter reorders these rows (llama's rope layout): not a plain cast
-SLAB_ELEMENTS = 1024 * 1024  # elements converted and quantized at a time (≈ 12 MB of buffers: the peak is tight)
+SLAB_ELEMENTS = 512 * 1024  # elements converted and quantized at a time (≈ 5 MB of buffers: the peak is tight)
 
 
 @dataclass

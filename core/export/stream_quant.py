@@ -36,7 +36,7 @@ FALLBACK = {Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0}  # llama.cpp's tensor_type_fallb
 STREAMED = {"q4_k_m": Q4_K, "q5_k_m": Q5_K}  # quant → its default tensor type
 ARCHS = ("llama", "qwen2", "qwen3")  # no arch-specific rules for these in llama_tensor_get_type_impl
 MATRIX = re.compile(r"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down)\.weight")
-SLAB_BYTES = 4 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
+SLAB_BYTES = 2 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
 CHUNK_ELEMENTS = 256 * 1024  # elements quantized per ggml call (≈ 10–40 ms of one core): one slab is many calls
 POLL_S = 0.05  # how often the file being written is looked at again
 # GGUF value type → bytes (8 = string and 9 = array are parsed)
