@@ -86,6 +86,8 @@ def untied_f16(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("quant", ["q4_k_m", "q5_k_m"])
 def test_streamed_quant_of_a_growing_file_is_llama_cpps_own(untied_f16, tmp_path, quant):
     """`follow` reads a file still being written (copied here in 1 MB pieces, as the converter appends)."""
+    from transformers import AutoTokenizer
+
     from core.export import convert, stream_quant
 
     growing, done = tmp_path / "growing.gguf", threading.Event()
@@ -103,7 +105,9 @@ def test_streamed_quant_of_a_growing_file_is_llama_cpps_own(untied_f16, tmp_path
     streamed = stream_quant.follow(growing, tmp_path / "pre.gguf", quant, 2, done)
     writer.join()
     # 4 layers × 7 matrices + token_embd + output
-    assert {k: v for k, v in streamed.items() if k != "seconds"} == {"path": tmp_path / "pre.gguf", "quantized": 30,
+    assert streamed["meta"] == {"general.architecture": "llama", "tokenizer.ggml.pre": "llama-bpe",
+                                "tokenizer.chat_template": AutoTokenizer.from_pretrained(untied_f16.parent / "model").chat_template}
+    assert {k: v for k, v in streamed.items() if k not in ("seconds", "meta")} == {"path": tmp_path / "pre.gguf", "quantized": 30,
                                                                      "predicted": 0, "tensors": 39}
     assert streamed["seconds"]["total"] >= streamed["seconds"]["header"] >= 0
     assert _sha(growing) == _sha(untied_f16)

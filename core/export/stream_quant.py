@@ -39,6 +39,7 @@ MATRIX = re.compile(r"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gat
 SLAB_BYTES = 2 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
 CHUNK_ELEMENTS = 256 * 1024  # elements quantized per ggml call (≈ 10–40 ms of one core): one slab is many calls
 POLL_S = 0.05  # how often the file being written is looked at again
+META_KEYS = ("general.architecture", "tokenizer.chat_template", "tokenizer.ggml.pre")  # what export.json reports
 # GGUF value type → bytes (8 = string and 9 = array are parsed)
 VALUE_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
@@ -183,7 +184,8 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
 
     `done` is set once the writer has finished or failed. `predictor`: a `core.export.predict.Predictor` whose
     blocks are reused for a tensor whose written bytes hash-equal its prediction. Returns {"path", "quantized",
-    "predicted", "tensors", "seconds"} (predicted: tensors whose blocks came from the predictor; seconds: from
+    "predicted", "tensors", "meta", "seconds"} (predicted: tensors whose blocks came from the predictor; meta:
+    the header's META_KEYS; seconds: from
     the start until the header was on disk, spent waiting for the writer's bytes after it, and in all) or None
     when nothing can be streamed (unsupported model, or the writer failed first)."""
     started = time.time()
@@ -202,7 +204,8 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
         header_at, waited = time.time(), [0.0]
         result = _write(f, kv_end, tensors, data_start, types, out, max(1, threads), done,
                         kv.get("general.alignment") or 32, waited, predictor)
-    if result:
+    if result:  # the f16's metadata is the quants' too (llama.cpp's quantize copies it): no second read
+        result["meta"] = {k: kv[k] for k in META_KEYS if kv.get(k) is not None}
         result["seconds"] = {"header": round(header_at - started, 1), "waiting": round(waited[0], 1),
                              "total": round(time.time() - started, 1)}
     return result
