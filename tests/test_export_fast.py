@@ -51,6 +51,10 @@ def test_merge_on_the_fly_gives_the_same_bytes_as_merging_first(tmp_path, capsys
     # from the base's bytes before the converter wrote them, and their written bytes hash-equalled the guess
     assert "q4_k_m: 3 of them were predicted from the base's bytes before the converter wrote them" in log
     assert list(info["timings_s"])[0].startswith("merging the LoRA while converting")
+    # export.json's metadata came from the streamed f16's header; the two-step export's from llama.cpp's read
+    two_step_info = read_json(two_step / "export.json")
+    assert info["tokenizer_pre"] == two_step_info["tokenizer_pre"] == "llama-bpe"
+    assert info["chat_template"] is two_step_info["chat_template"] is True
     for quant in ("f16", "q4_k_m"):
         assert _sha(fused / f"fused-{quant}.gguf") == _sha(two_step / f"two-step-{quant}.gguf"), quant
 
