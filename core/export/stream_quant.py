@@ -287,30 +287,42 @@ def _wait_for(f, end: int, done: threading.Event) -> bool:
 
 
 def _quantize(f, start: int, t: TensorInfo, new: int, lib, pool, dst) -> None:
-    """One tensor, a slab of rows at a time: f16/f32 → f32 (exact) → ggml_quantize_chunk on the pool's threads."""
+    """One tensor, a slab of rows at a time: f16/f32 → f32 (exact) → ggml_quantize_chunk on the pool's threads.
+
+    Two sets of slab buffers: this thread reads and converts the next slab while the pool quantizes the
+    current one, so the pool's threads do not wait on it between slabs."""
     import numpy as np
 
     n_per_row, rows = t.dims[0], int(np.prod(t.dims[1:]))
     row_src, row_dst = n_per_row * (2 if t.type == F16 else 4), lib.ggml_row_size(new, n_per_row)
     slab = max(1, SLAB_BYTES // row_src)
-    raw = np.empty(min(slab, rows) * row_src, dtype=np.uint8)
-    x = raw.view(np.float32) if t.type == F32 else np.empty(min(slab, rows) * n_per_row, dtype=np.float32)
-    for first in range(0, rows, slab):
+    # many small parts taken in turn (as llama.cpp's workers take chunks): on a shared machine a fixed
+    # half per thread leaves one core idle whenever the other half is descheduled
+    step = max(1, CHUNK_ELEMENTS // n_per_row)
+    buffers = []
+    for _ in range(2):
+        raw = np.empty(min(slab, rows) * row_src, dtype=np.uint8)
+        buffers.append((raw, raw.view(np.float32) if t.type == F32 else np.empty(min(slab, rows) * n_per_row, np.float32)))
+    pending = None
+    for i, first in enumerate(range(0, rows, slab)):
+        raw, x = buffers[i % 2]  # the slab two back, which last used these, was written out below
         n = min(slab, rows - first)
         got = os.preadv(f.fileno(), [memoryview(raw)[: n * row_src]], start + first * row_src)
         assert got == n * row_src, f"{t.name}: read {got} of {n * row_src} bytes"
         if t.type == F16:
             lib.fp16_to_fp32(raw.ctypes.data, x.ctypes.data, n * n_per_row)
         y = np.empty(n * row_dst, dtype=np.uint8)
-        # many small parts taken in turn (as llama.cpp's workers take chunks): on a shared machine a fixed
-        # half per thread leaves one core idle whenever the other half is descheduled
-        step = max(1, CHUNK_ELEMENTS // n_per_row)
+        # ctypes releases the GIL for the call: the parts run in parallel
+        parts = [pool.submit(lib.ggml_quantize_chunk, new, x.ctypes.data + a * n_per_row * 4,
+                             y.ctypes.data + a * row_dst, 0, min(n, a + step) - a, n_per_row, None)
+                 for a in range(0, n, step)]
+        if pending:
+            _write_slab(*pending, dst, t.name)
+        pending = parts, y
+    _write_slab(*pending, dst, t.name)
 
-        def run(a: int) -> int:  # ctypes releases the GIL for the call: the parts run in parallel
-            b = min(n, a + step)
-            return lib.ggml_quantize_chunk(new, x.ctypes.data + a * n_per_row * 4, y.ctypes.data + a * row_dst,
-                                           0, b - a, n_per_row, None)
 
-        written = sum(pool.map(run, range(0, n, step)))
-        assert written == y.nbytes, f"{t.name}: ggml wrote {written} bytes, expected {y.nbytes}"
-        dst.write(y.data)
+def _write_slab(parts, y, dst, name: str) -> None:
+    written = sum(part.result() for part in parts)
+    assert written == y.nbytes, f"{name}: ggml wrote {written} bytes, expected {y.nbytes}"
+    dst.write(y.data)
