@@ -11,6 +11,9 @@ projections q,k,v,o,up,down (speed and memory do not depend on the weight values
   iris:  python -m core.export RUN --quant q4_k_m f16 --no-verify: the same converter merges the LoRA tensor
          by tensor as it writes the f16 GGUF, and q4_k_m is quantized from that file's bytes as they land
          (core.export.stream_quant, ggml's own quantize); llama.cpp's quantize pass then only copies them.
+         While the converter starts (≈ 20 s on one core, no tensor bytes yet), the other core quantizes the
+         tensors the LoRA leaves untouched from the base's bytes (core.export.predict); each is reused only
+         when the converter's written f16 bytes hash-equal the prediction.
 
 Every step runs as a separate process tree measured from outside: wall time, and peak RSS as the
 maximum over time of the summed RSS of the whole tree (psutil, polled every 50 ms), with
@@ -149,7 +152,8 @@ def iris(base: Path, adapter: Path, work: Path, env: dict, quants: tuple[str, ..
                       {**env, "IRIS_HOME": str(home)}, log)
     info = json.loads((home / "exports" / name / "export.json").read_text())
     for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("[export] streaming") or "quantized while converting" in line or "refused" in line:
+        if line.startswith("[export] streaming") or "while converting" in line or "predicted from" in line \
+                or "refused" in line:
             print("  " + line)
     return {**result, "size": info["sizes"][f"{name}-q4_k_m.gguf"], "timings_s": info["timings_s"],
             "folder": home / "exports" / name}

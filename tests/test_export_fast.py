@@ -1,7 +1,8 @@
 """The fast export path (#25): without verification the converter merges the LoRA on the fly (no merged
 copy on disk), and its GGUFs are byte-identical to merging into a folder first and converting that; the
 q4_k_m, quantized while the converter writes the f16 (`core.export.stream_quant`), is byte-identical to
-llama.cpp's own quantize (default parameters) of the same f16, also where a row is not a multiple of 256."""
+llama.cpp's own quantize (default parameters) of the same f16, also where a row is not a multiple of 256,
+and also when the tensors predicted ahead of the converter (`core.export.predict`) are predicted wrong."""
 from __future__ import annotations
 
 import ctypes
@@ -46,7 +47,14 @@ def test_merge_on_the_fly_gives_the_same_bytes_as_merging_first(tmp_path, capsys
     # q4_k_m was quantized from the f16's bytes while the converter wrote them; llama.cpp's pass only copied
     # (2 layers × 7 matrices + the tied embedding)
     assert "q4_k_m: 15 of 20 tensors were quantized while converting; llama.cpp's pass copied them" in log
+    # of those, the tensors the LoRA leaves as they were (the tied embedding, both ffn_gate) were quantized
+    # from the base's bytes before the converter wrote them, and their written bytes hash-equalled the guess
+    assert "q4_k_m: 3 of them were predicted from the base's bytes before the converter wrote them" in log
     assert list(info["timings_s"])[0].startswith("merging the LoRA while converting")
+    # export.json's metadata came from the streamed f16's header; the two-step export's from llama.cpp's read
+    two_step_info = read_json(two_step / "export.json")
+    assert info["tokenizer_pre"] == two_step_info["tokenizer_pre"] == "llama-bpe"
+    assert info["chat_template"] is two_step_info["chat_template"] is True
     for quant in ("f16", "q4_k_m"):
         assert _sha(fused / f"fused-{quant}.gguf") == _sha(two_step / f"two-step-{quant}.gguf"), quant
 
@@ -82,6 +90,8 @@ def untied_f16(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("quant", ["q4_k_m", "q5_k_m"])
 def test_streamed_quant_of_a_growing_file_is_llama_cpps_own(untied_f16, tmp_path, quant):
     """`follow` reads a file still being written (copied here in 1 MB pieces, as the converter appends)."""
+    from transformers import AutoTokenizer
+
     from core.export import convert, stream_quant
 
     growing, done = tmp_path / "growing.gguf", threading.Event()
@@ -99,8 +109,10 @@ def test_streamed_quant_of_a_growing_file_is_llama_cpps_own(untied_f16, tmp_path
     streamed = stream_quant.follow(growing, tmp_path / "pre.gguf", quant, 2, done)
     writer.join()
     # 4 layers × 7 matrices + token_embd + output
-    assert {k: v for k, v in streamed.items() if k != "seconds"} == {"path": tmp_path / "pre.gguf", "quantized": 30,
-                                                                     "tensors": 39}
+    assert streamed["meta"] == {"general.architecture": "llama", "tokenizer.ggml.pre": "llama-bpe",
+                                "tokenizer.chat_template": AutoTokenizer.from_pretrained(untied_f16.parent / "model").chat_template}
+    assert {k: v for k, v in streamed.items() if k not in ("seconds", "meta")} == {"path": tmp_path / "pre.gguf", "quantized": 30,
+                                                                     "predicted": 0, "tensors": 39}
     assert streamed["seconds"]["total"] >= streamed["seconds"]["header"] >= 0
     assert _sha(growing) == _sha(untied_f16)
     ours = convert.quantize(streamed["path"], tmp_path / f"ours-{quant}.gguf", quant)
@@ -138,3 +150,50 @@ def test_models_whose_types_are_not_reproduced_are_not_streamed(untied_f16):
     assert types["output.weight"] == stream_quant.Q6_K and types["token_embd.weight"] == stream_quant.Q4_K
     assert [types[f"blk.{i}.attn_v.weight"] for i in range(4)] == [12, 12, 14, 14]
     assert [types[f"blk.{i}.ffn_down.weight"] for i in range(4)] == [6, 6, 8, 8]
+
+
+def test_predicted_tensors_are_the_ones_the_lora_leaves_with_llama_cpps_types(tmp_path):
+    """Only plain casts of the base are guessed (never q/k: the converter permutes their rows), typed as
+    llama.cpp's quantize types them; a bf16 merge is never guessed."""
+    from core.export import predict, stream_quant
+    from tests.export_helpers import save_adapter
+    from tests.helpers import make_tiny_llama
+
+    base = make_tiny_llama(tmp_path / "model", hidden=256, intermediate=320, layers=4, tie_embeddings=False)
+    adapter = save_adapter(base, tmp_path / "adapter", targets=["v_proj", "up_proj"])
+    guesses = {g.name: g.type for g in predict.plan(base, adapter, "f16", "q4_k_m")}
+    # ffn_down: rows of 320 fall back (q4_K → q5_0, q6_K → q8_0 for layers 2 and 3, as use_more_bits says)
+    assert guesses == {"token_embd.weight": stream_quant.Q4_K, "output.weight": stream_quant.Q6_K,
+                       **{f"blk.{i}.attn_output.weight": stream_quant.Q4_K for i in range(4)},
+                       **{f"blk.{i}.ffn_gate.weight": stream_quant.Q4_K for i in range(4)},
+                       **{f"blk.{i}.ffn_down.weight": [6, 6, 8, 8][i] for i in range(4)}}
+    assert predict.plan(base, adapter, "bf16", "q4_k_m") == [] and predict.plan(base, adapter, "f16", "q8_0") == []
+
+
+def test_a_wrong_prediction_is_caught_by_its_hash_and_quantized_as_written(tmp_path, monkeypatch, capsys):
+    """Forced mispredictions (each ffn_gate guessed from another layer's): the written bytes' hash differs, the
+    follower quantizes what the converter wrote and stops the predictor; the one right guess (the tied
+    embedding, first in the file) is still reused, and the bytes stay llama.cpp's own."""
+    from core.export import predict
+    from tests.helpers import make_tiny_llama
+
+    base = make_tiny_llama(tmp_path / "model", hidden=256, intermediate=320, layers=3)
+    make_run(runs_dir(), "wrong", str(base), base, checkpoints=(), final=True)
+    right = predict.plan
+
+    def wrong(*args):
+        guesses = right(*args)
+        gates = [g for g in guesses if "ffn_gate" in g.name]
+        sources = [g.source for g in gates]
+        assert len(gates) == 3
+        for g, source in zip(gates, sources[1:] + sources[:1]):
+            g.source = source
+        return guesses
+
+    monkeypatch.setattr(predict, "plan", wrong)
+    out = main(ExportConfig(source="wrong", name="wrong", quants=["f16", "q4_k_m"], verify=False))
+    log = capsys.readouterr().out
+    assert "q4_k_m: 1 of them were predicted from the base's bytes" in log
+    assert not [p for p in out.rglob("*") if "predicted" in p.name]
+    ref = tmp_path / "llama-cpp-q4_k_m.gguf"
+    assert _sha(out / "wrong-q4_k_m.gguf") == _llama_cpp_quantize(out / "wrong-f16.gguf", ref, "q4_k_m")

@@ -148,7 +148,8 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
         begin("converting the LoRA adapter to GGUF")
         lora = convert.convert_lora(src.adapter_dir, src.base_dir, work / f"{name}-lora-f16.gguf")
         end()
-    meta = convert.gguf_metadata(next(iter(ggufs.values())))
+    # the streamed f16's header already gave these (≈ 1.4 s of llama.cpp loading a 128k vocabulary again)
+    meta = (streamed or {}).get("meta") or convert.gguf_metadata(next(iter(ggufs.values())))
     report = None
     if cfg.verify:
         begin("verifying each GGUF against the source model")
@@ -188,6 +189,8 @@ def quantize(f16: Path, out: Path, quant: str, threads: int, streamed: dict | No
             out = convert.quantize(streamed["path"], out, quant, threads)
             print(f"[export] {quant}: {streamed['quantized']} of {streamed['tensors']} tensors were quantized "
                   "while converting; llama.cpp's pass copied them", flush=True)
+            print(f"[export] {quant}: {streamed.get('predicted', 0)} of them were predicted from the base's bytes "
+                  "before the converter wrote them (hash-equal)", flush=True)
             print(f"[export] streaming {quant}: header on disk after {streamed['seconds']['header']} s, waited "
                   f"{streamed['seconds']['waiting']} s for the converter's bytes, done after "
                   f"{streamed['seconds']['total']} s", flush=True)
@@ -202,19 +205,27 @@ def quantize(f16: Path, out: Path, quant: str, threads: int, streamed: dict | No
 
 def convert_streaming(cfg: ExportConfig, model_dir: Path, f16_path: Path, threads: int, merge) -> tuple[Path, dict | None]:
     """Convert to f16 while the first quant that `core.export.stream_quant` reproduces (q4_k_m, q5_k_m) is
-    quantized from the f16's bytes as they are written (a thread here; the converter runs on one core)."""
+    quantized from the f16's bytes as they are written (a thread here; the converter runs on one core).
+    Meanwhile `core.export.predict` quantizes the tensors the LoRA leaves as they were on the core the
+    converter's start leaves idle; the follower reuses each one whose written bytes hash-equal the guess."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.export import convert, stream_quant
+    from core.export import convert, predict, stream_quant
 
     quant = next((q for q in stream_quant.STREAMED if q in cfg.quants), None)  # q4_k_m first: the usual choice
     if quant is None:
         return convert.convert_hf(model_dir, f16_path, merge=merge), None
-    done = threading.Event()
+    done, predictor = threading.Event(), None
     with ThreadPoolExecutor(1) as pool:
         pre = f16_path.with_name(f".{f16_path.stem}-{quant}-streamed.gguf.tmp")
-        following = pool.submit(stream_quant.follow, convert.tmp_name(f16_path), pre, quant, threads, done)
+        try:
+            guesses = predict.plan(*merge, quant) if merge else []
+            predictor = guesses and predict.Predictor(guesses, pre.with_name(f".{f16_path.stem}-{quant}-predicted.tmp"))
+        except Exception as err:  # predicting is only a shortcut: without it, everything is quantized as it lands
+            print(f"[export] not predicting tensors ({type(err).__name__}: {err})", flush=True)
+        following = pool.submit(stream_quant.follow, convert.tmp_name(f16_path), pre, quant, threads, done,
+                                predictor and predictor.start())
         try:
             f16 = convert.convert_hf(model_dir, f16_path, merge=merge)
         finally:
@@ -225,6 +236,9 @@ def convert_streaming(cfg: ExportConfig, model_dir: Path, f16_path: Path, thread
             print(f"[export] quantizing while converting failed ({type(err).__name__}: {err}); "
                   "quantizing from the f16", flush=True)
             streamed = None
+        finally:
+            if predictor:
+                predictor.close()
     return f16, streamed and {**streamed, "quant": quant}
 
 

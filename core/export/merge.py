@@ -252,6 +252,9 @@ class MergedTensor:
     shape: tuple[int, ...]
     slabs: object
     """() -> iterator of torch tensors: the whole merged tensor, or consecutive slabs of its rows."""
+    cast_of: TensorInfo | None = None
+    """The base tensor this one is a plain cast of (None when the LoRA or a replacement changes it): its
+    values are known before the merge runs (`core.export.predict`)."""
 
 
 def plan_merge(base_dir: Path, adapter_dir: Path, dtype: str = "f16",
@@ -291,7 +294,8 @@ def plan_merge(base_dir: Path, adapter_dir: Path, dtype: str = "f16",
             slabs = partial(merged, name, info)
         else:  # untouched: cast (or copy) a slab of rows at a time; the embedding alone is 0.5–1 GB
             slabs = partial(_slabs, info, dtype if floating else None, name, slab_bytes)
-        tensors.append(MergedTensor(name, out_st if floating else info.dtype, info.shape, slabs))
+        plain = floating and name not in pairs and name not in full
+        tensors.append(MergedTensor(name, out_st if floating else info.dtype, info.shape, slabs, info if plain else None))
     summary = {"tensors": len(base), "merged": len(pairs), "replaced": len(full), "dropped": dropped, "dtype": dtype,
                "r": spec.r, "alpha": spec.alpha, "rslora": spec.use_rslora}
     return tensors, summary

@@ -36,9 +36,10 @@ FALLBACK = {Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0}  # llama.cpp's tensor_type_fallb
 STREAMED = {"q4_k_m": Q4_K, "q5_k_m": Q5_K}  # quant → its default tensor type
 ARCHS = ("llama", "qwen2", "qwen3")  # no arch-specific rules for these in llama_tensor_get_type_impl
 MATRIX = re.compile(r"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down)\.weight")
-SLAB_BYTES = 4 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
+SLAB_BYTES = 2 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
 CHUNK_ELEMENTS = 256 * 1024  # elements quantized per ggml call (≈ 10–40 ms of one core): one slab is many calls
 POLL_S = 0.05  # how often the file being written is looked at again
+META_KEYS = ("general.architecture", "tokenizer.chat_template", "tokenizer.ggml.pre")  # what export.json reports
 # GGUF value type → bytes (8 = string and 9 = array are parsed)
 VALUE_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
@@ -172,15 +173,21 @@ def ggml() -> ctypes.CDLL:
     cpu.ggml_cpu_fp16_to_fp32.restype = None
     cpu.ggml_cpu_fp16_to_fp32.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     dll.fp16_to_fp32 = cpu.ggml_cpu_fp16_to_fp32
+    cpu.ggml_cpu_fp32_to_fp16.restype = None  # the other way (round to nearest even), for core.export.predict
+    cpu.ggml_cpu_fp32_to_fp16.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    dll.fp32_to_fp16 = cpu.ggml_cpu_fp32_to_fp16
     return dll
 
 
-def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event) -> dict | None:
+def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event, predictor=None) -> dict | None:
     """Quantize `src` (an f16 GGUF being written) into `out` tensor by tensor as its bytes land.
 
-    `done` is set once the writer has finished or failed. Returns {"path", "quantized", "tensors", "seconds"}
-    (seconds: from the start until the header was on disk, spent waiting for the writer's bytes after it,
-    and in all) or None when nothing can be streamed (unsupported model, or the writer failed first)."""
+    `done` is set once the writer has finished or failed. `predictor`: a `core.export.predict.Predictor` whose
+    blocks are reused for a tensor whose written bytes hash-equal its prediction. Returns {"path", "quantized",
+    "predicted", "tensors", "meta", "seconds"} (predicted: tensors whose blocks came from the predictor; meta:
+    the header's META_KEYS; seconds: from
+    the start until the header was on disk, spent waiting for the writer's bytes after it, and in all) or None
+    when nothing can be streamed (unsupported model, or the writer failed first)."""
     started = time.time()
     while not src.exists():
         if done.is_set():
@@ -196,8 +203,9 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
             return None
         header_at, waited = time.time(), [0.0]
         result = _write(f, kv_end, tensors, data_start, types, out, max(1, threads), done,
-                        kv.get("general.alignment") or 32, waited)
-    if result:
+                        kv.get("general.alignment") or 32, waited, predictor)
+    if result:  # the f16's metadata is the quants' too (llama.cpp's quantize copies it): no second read
+        result["meta"] = {k: kv[k] for k in META_KEYS if kv.get(k) is not None}
         result["seconds"] = {"header": round(header_at - started, 1), "waiting": round(waited[0], 1),
                              "total": round(time.time() - started, 1)}
     return result
@@ -218,7 +226,7 @@ def _wait_for_header(f, done: threading.Event):
 
 
 def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: dict[str, int], out: Path,
-           threads: int, done: threading.Event, align: int, waited: list[float]) -> dict | None:
+           threads: int, done: threading.Event, align: int, waited: list[float], predictor=None) -> dict | None:
     import numpy as np
 
     lib = ggml()
@@ -231,7 +239,7 @@ def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: di
         ti += struct.pack(f"<{len(t.dims)}Q", *t.dims) + struct.pack("<IQ", new, offset)
         offset += -(-sizes[t.name] // align) * align
     assert -(-(kv_end + len(ti)) // align) * align == data_start, "tensor info changed length"
-    pool = ThreadPoolExecutor(threads)
+    pool, predicted = ThreadPoolExecutor(threads), 0
     with open(out, "wb") as dst:
         for at in range(0, kv_end, 1 << 20):  # the KV section verbatim (≈ 10 MB with a 128k vocab), 1 MB at a time
             dst.write(os.pread(f.fileno(), min(1 << 20, kv_end - at), at))
@@ -243,13 +251,31 @@ def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: di
                 return None
             waited[0] += time.time() - t0
             new = types.get(t.name, t.type)
+            guess = predictor.take(t.name) if predictor and new != t.type else None
             if new == t.type:
                 dst.write(os.pread(f.fileno(), src_bytes, data_start + t.offset))
+            elif guess and _predicted(f, data_start + t.offset, src_bytes, t, new, sizes[t.name], guess):
+                predictor.blocks(guess, dst)
+                predicted += 1
             else:
+                if guess:  # a wrong guess: this model's bytes are not predicted right, so spend no more CPU on them
+                    predictor.stop.set()
                 _quantize(f, data_start + t.offset, t, new, lib, pool, dst)
             dst.write(bytes(-sizes[t.name] % align))
     pool.shutdown()
-    return {"path": out, "quantized": len(types), "tensors": len(tensors)}
+    return {"path": out, "quantized": len(types), "predicted": predicted, "tensors": len(tensors)}
+
+
+def _predicted(f, start: int, nbytes: int, t: TensorInfo, new: int, size: int, guess) -> bool:
+    """Whether the written f16 bytes of `t` are the ones `guess` (a core.export.predict.Prediction) quantized."""
+    import hashlib
+
+    if t.type != F16 or guess.type != new or guess.nbytes != size:
+        return False
+    digest = hashlib.sha256()
+    for at in range(0, nbytes, 1 << 24):  # 16 MB at a time: the embedding alone is 0.5 GB
+        digest.update(os.pread(f.fileno(), min(1 << 24, nbytes - at), start + at))
+    return digest.digest() == guess.digest
 
 
 def _wait_for(f, end: int, done: threading.Event) -> bool:
@@ -261,30 +287,42 @@ def _wait_for(f, end: int, done: threading.Event) -> bool:
 
 
 def _quantize(f, start: int, t: TensorInfo, new: int, lib, pool, dst) -> None:
-    """One tensor, a slab of rows at a time: f16/f32 → f32 (exact) → ggml_quantize_chunk on the pool's threads."""
+    """One tensor, a slab of rows at a time: f16/f32 → f32 (exact) → ggml_quantize_chunk on the pool's threads.
+
+    Two sets of slab buffers: this thread reads and converts the next slab while the pool quantizes the
+    current one, so the pool's threads do not wait on it between slabs."""
     import numpy as np
 
     n_per_row, rows = t.dims[0], int(np.prod(t.dims[1:]))
     row_src, row_dst = n_per_row * (2 if t.type == F16 else 4), lib.ggml_row_size(new, n_per_row)
     slab = max(1, SLAB_BYTES // row_src)
-    raw = np.empty(min(slab, rows) * row_src, dtype=np.uint8)
-    x = raw.view(np.float32) if t.type == F32 else np.empty(min(slab, rows) * n_per_row, dtype=np.float32)
-    for first in range(0, rows, slab):
+    # many small parts taken in turn (as llama.cpp's workers take chunks): on a shared machine a fixed
+    # half per thread leaves one core idle whenever the other half is descheduled
+    step = max(1, CHUNK_ELEMENTS // n_per_row)
+    buffers = []
+    for _ in range(2):
+        raw = np.empty(min(slab, rows) * row_src, dtype=np.uint8)
+        buffers.append((raw, raw.view(np.float32) if t.type == F32 else np.empty(min(slab, rows) * n_per_row, np.float32)))
+    pending = None
+    for i, first in enumerate(range(0, rows, slab)):
+        raw, x = buffers[i % 2]  # the slab two back, which last used these, was written out below
         n = min(slab, rows - first)
         got = os.preadv(f.fileno(), [memoryview(raw)[: n * row_src]], start + first * row_src)
         assert got == n * row_src, f"{t.name}: read {got} of {n * row_src} bytes"
         if t.type == F16:
             lib.fp16_to_fp32(raw.ctypes.data, x.ctypes.data, n * n_per_row)
         y = np.empty(n * row_dst, dtype=np.uint8)
-        # many small parts taken in turn (as llama.cpp's workers take chunks): on a shared machine a fixed
-        # half per thread leaves one core idle whenever the other half is descheduled
-        step = max(1, CHUNK_ELEMENTS // n_per_row)
+        # ctypes releases the GIL for the call: the parts run in parallel
+        parts = [pool.submit(lib.ggml_quantize_chunk, new, x.ctypes.data + a * n_per_row * 4,
+                             y.ctypes.data + a * row_dst, 0, min(n, a + step) - a, n_per_row, None)
+                 for a in range(0, n, step)]
+        if pending:
+            _write_slab(*pending, dst, t.name)
+        pending = parts, y
+    _write_slab(*pending, dst, t.name)
 
-        def run(a: int) -> int:  # ctypes releases the GIL for the call: the parts run in parallel
-            b = min(n, a + step)
-            return lib.ggml_quantize_chunk(new, x.ctypes.data + a * n_per_row * 4, y.ctypes.data + a * row_dst,
-                                           0, b - a, n_per_row, None)
 
-        written = sum(pool.map(run, range(0, n, step)))
-        assert written == y.nbytes, f"{t.name}: ggml wrote {written} bytes, expected {y.nbytes}"
-        dst.write(y.data)
+def _write_slab(parts, y, dst, name: str) -> None:
+    written = sum(part.result() for part in parts)
+    assert written == y.nbytes, f"{name}: ggml wrote {written} bytes, expected {y.nbytes}"
+    dst.write(y.data)
