@@ -151,31 +151,15 @@ def verify_pass(all_pieces: list[shards.Piece], pairs_file: Path, near_base: flo
                 progress: Progress, work: Path):
     """Pass 3: the (i, j, jaccard) table of candidate pairs whose true Jaccard reaches `near_base`.
 
-    dedup.plausible_pairs' two checks run on the signatures pass 1 saved: its first 64 bins of the rows in
-    candidate pairs (held: 512 B a row), against the pairs streamed from `pairs_file` a chunk at a time
-    (core.data.candidates: at 2M rows they are ≈ 240M, 1.9 GB); then the full signatures of the rows of the
-    pairs left. Only the rows still left are read again, by workers that write their word-5-gram sets, for
-    the true Jaccard. Each step holds only what it needs."""
+    dedup.plausible_pairs' two checks (_plausible) on the signatures pass 1 saved; only the rows still left
+    are read again, by workers that write their word-5-gram sets, for the true Jaccard. Each step holds only
+    what it needs."""
     import pandas as pd
 
     from core.data import dedup
 
-    total = candidates.count(pairs_file)
     involved = _rows_in(pairs_file, sum(p.rows for p in all_pieces))
-    quick = _gather_signatures(work, involved, slice(0, QUICK_BINS))
-    progress.start("verify: signatures", total, unit="pairs")
-    cand = []
-    for codes in candidates.read_chunks(pairs_file):  # dedup.plausible_pairs' quick check, chunk by chunk
-        part = np.searchsorted(involved, candidates.decode(codes))
-        cand.append(part[_agree(quick, part, near_base - PLAUSIBLE_MARGIN - 0.2)])
-        progress.advance(len(codes))
-    progress.done()
-    del quick
-    cand = np.concatenate(cand) if cand else np.zeros((0, 2), dtype=np.int64)
-    left = candidates.distinct(cand)
-    full = _gather_signatures(work, involved[left], slice(None))
-    cand = cand[_agree(full, np.searchsorted(left, cand), near_base - PLAUSIBLE_MARGIN)]  # and its full check
-    del full
+    cand = _plausible(work, pairs_file, involved, near_base, progress)
     cand = involved[cand]  # global rows from here on
     del involved
     rows = candidates.distinct(cand)
@@ -207,13 +191,44 @@ def _rows_in(pairs_file: Path, n: int) -> np.ndarray:
 QUICK_BINS, PLAUSIBLE_MARGIN = 64, 0.15  # as dedup.plausible_pairs: its first 64 bins, its margin
 
 
-def _agree(sig: np.ndarray, pairs: np.ndarray, floor: float) -> np.ndarray:
-    """Pairs whose signatures agree on a share ≥ floor of their bins (the same expression as dedup's)."""
-    keep = np.zeros(len(pairs), dtype=bool)
+def _plausible(work: Path, pairs_file: Path, involved: np.ndarray, near_base: float, progress: Progress
+               ) -> np.ndarray:
+    """The candidate pairs (as int32 indices into `involved`) that pass dedup.plausible_pairs' two checks:
+    its first QUICK_BINS bins of the rows in candidate pairs (held: 512 B a row) against the pairs streamed
+    from `pairs_file` a chunk at a time (at 2M rows ≈ 240M pairs, 1.9 GB); then, for the pairs left, the
+    agreement over all bins counted QUICK_BINS bins at a time (never the full 2 KiB signatures of every row
+    left: 1M rows would be 2 GiB). A share is count / bins in float64, which is what dedup's mean of the
+    bins' equality computes, so the same pairs pass."""
+    sig_files = sorted((work / passes.SIGS).glob("piece-*.npy"))
+    bins = np.load(sig_files[0], mmap_mode="r").shape[1] if sig_files else QUICK_BINS
+    first = min(QUICK_BINS, bins)  # as dedup: its first 64 bins, or all of fewer
+    quick = _gather_signatures(work, involved, slice(0, first))
+    progress.start("verify: signatures", candidates.count(pairs_file), unit="pairs")
+    cand, agree = [np.zeros((0, 2), dtype=np.int32)], [np.zeros(0, dtype=np.int16)]
+    for codes in candidates.read_chunks(pairs_file):
+        part = np.searchsorted(involved, candidates.decode(codes)).astype(np.int32)
+        count = _agreements(quick, part)
+        ok = count / first >= near_base - PLAUSIBLE_MARGIN - 0.2
+        cand.append(part[ok])
+        agree.append(count[ok])
+        progress.advance(len(codes))
+    del quick
+    cand, agree = np.concatenate(cand), np.concatenate(agree)
+    left = candidates.distinct(cand)
+    local = np.searchsorted(left, cand).astype(np.int32)
+    for lo in range(first, bins, QUICK_BINS):  # the full check's count, a block of bins at a time
+        agree += _agreements(_gather_signatures(work, involved[left], slice(lo, lo + QUICK_BINS)), local)
+    progress.done()
+    return cand[agree / bins >= near_base - PLAUSIBLE_MARGIN]
+
+
+def _agreements(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """How many bins of `sig` each pair's rows agree on (int16), 20k pairs at a time."""
+    out = np.zeros(len(pairs), dtype=np.int16)
     for lo in range(0, len(pairs), 20000):
         a, c = pairs[lo:lo + 20000, 0], pairs[lo:lo + 20000, 1]
-        keep[lo:lo + 20000] = (sig[a] == sig[c]).mean(axis=1) >= floor
-    return keep
+        out[lo:lo + 20000] = (sig[a] == sig[c]).sum(axis=1)
+    return out
 
 
 def _gather_signatures(work: Path, rows: np.ndarray, bins: slice) -> np.ndarray:
