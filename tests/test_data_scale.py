@@ -294,6 +294,9 @@ def test_kill_9_mid_pass_then_rerun_resumes_and_never_leaves_a_partial_version(i
     first = next(line for line in out.stderr.splitlines() if line.startswith("measure:"))
     assert int(first.split()[1].split("/")[0].replace(",", "")) >= done_before * 200
     assert "rows/s" in out.stderr and "ETA" in out.stderr
+    # the candidate pass shows bands done of all bands, then the merge of their pairs, then the signature check
+    assert "candidates: 0/64 bands" in out.stderr and "candidates: 64/64 bands · " in out.stderr
+    assert "merge pairs: " in out.stderr and "verify: signatures: " in out.stderr
     expected = in_memory("s", default_recipe())
     assert versions.load_manifest("out")["rows"]["train"] == int(expected.kept.sum())
 
