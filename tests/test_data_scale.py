@@ -435,3 +435,15 @@ def test_the_data_page_imports_pandas_in_the_background_before_a_big_version_ope
             "print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["False"], out.stderr[-2000:]
+
+
+def test_a_pass_counted_in_bands_says_bands_on_the_page(tmp_path):
+    jobs.update_status(tmp_path, pid=os.getpid())  # this process plays the job
+    progress = Progress(tmp_path, every_s=0)
+    progress.start("candidates", 64, unit="bands")
+    progress.advance(3)
+    fraction, text = jobs.progress_line(jobs.read_status(tmp_path), "rows")  # the page's panel asks for rows
+    assert fraction == 3 / 64 and text.startswith("running: 3/64 bands") and "bands/s" in text and "ETA" in text
+    progress.start("write", 100)
+    assert jobs.progress_line(jobs.read_status(tmp_path), "rows")[1].startswith("running: 0/100 rows")
+

@@ -64,4 +64,4 @@ class Progress:
             rate = self.rate()
             eta = (self.total - self.count) / rate if rate > 0 and self.count < self.total else None
             jobs.update_status(self.job_dir, state="running", step=self.count, total=self.total, eta_s=eta,
-                               message=line, phase=self.name)
+                               message=line, phase=self.name, unit=self.unit)
