@@ -1,13 +1,13 @@
 """Benchmark: the default recipe out of core (DuckDB engine, optionally Ray) against the in-memory path.
 
 Run as: .venv/bin/python bench/data_scale.py [--rows 100000] [--memory-rows 100000] [--ray-rows 0] [--skip-memory]
-        [--page] [--engines duckdb,memory,ray] [--home DIR (keeps and reuses the generated versions)]
+        [--page] [--engines duckdb,memory,ray] [--home DIR (keeps and reuses the generated versions)] [--keep-work]
 
 1. Builds FineTome-shaped rows with planted duplicates (bench/data_pipeline.py's generator, 100k rows at a
    time) straight into a sharded version (core.data.shards.ShardWriter): generating 2M rows holds 100k.
 2. Each engine runs `python -m core.data filter` in its own process tree on a cold work folder; a sampler
    adds up the RSS of the whole tree (the CLI, its spawned workers, Ray's processes) every 0.2 s.
-3. Prints wall time, µs per row, peak tree RSS, the kept-row hash of each engine (equal = identical
+3. Prints wall time, µs per row, peak tree RSS (also per pass, named by the CLI's latest progress line), the kept-row hash of each engine (equal = identical
    output), the ratio of per-row times, and near-dup recall on the planted copies.
 """
 from __future__ import annotations
@@ -70,6 +70,17 @@ def make_version(home: Path, name: str, n: int) -> list[tuple[int, int]]:
     return planted
 
 
+def last_line(log: Path) -> str:
+    """The CLI's latest pass line (read from the log's tail: cheap every 0.2 s)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 2048))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
 def run_engine(home: Path, version: str, engine: str, out: str) -> dict:
     import psutil
 
@@ -84,23 +95,34 @@ def run_engine(home: Path, version: str, engine: str, out: str) -> dict:
         proc = subprocess.Popen([sys.executable, "-m", "core.data", "filter", version, "--recipe", str(recipe),
                                  "--name", out, "--engine", engine], cwd=ROOT, env=env, stdout=err, stderr=err)
     peak, root, shown = 0, psutil.Process(proc.pid), time.perf_counter()
+    passes: dict[str, list[float]] = {}  # pass → [peak tree RSS (bytes), first seen, last seen (s)]
     while proc.poll() is None:
+        now = time.perf_counter()
+        name = last_line(log).split(":")[0] if engine != "memory" else "all"
         try:
             tree = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            rss = sum(p.memory_info().rss for p in tree if p.is_running())
+            peak = max(peak, rss)
+            seen = passes.setdefault(name, [0, now - start, 0])
+            seen[0], seen[2] = max(seen[0], rss), now - start
         except psutil.Error:
             pass
-        if time.perf_counter() - shown > 60:  # a run cut short by the deadline still leaves its figures
-            shown = time.perf_counter()
-            last = (log.read_text(errors="replace").strip().splitlines() or [""])[-1]
-            print(f"  {engine} {shown - start:6.0f} s, peak tree RSS so far {peak / 2**30:.2f} GiB: {last}", flush=True)
+        if now - shown > 60:  # a run cut short by the deadline still leaves its figures
+            shown = now
+            per = ", ".join(f"{k} {v[0] / 2**30:.2f}" for k, v in passes.items() if k)
+            print(f"  {engine} {shown - start:6.0f} s, peak tree RSS so far {peak / 2**30:.2f} GiB ({per}): "
+                  f"{last_line(log)}", flush=True)
         time.sleep(0.2)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI and the workers it reaped (not Ray's raylet workers)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode:
         raise SystemExit(f"{engine} failed:\n{log.read_text(errors='replace')[-3000:]}")
-    return {"engine": engine, "wall_s": wall, "cpu_s": cpu, "peak_tree_rss_gib": peak / 2**30, "version": out}
+    for name, (rss, first, last) in passes.items():
+        print(f"  {engine} pass {name or '(starting)'}: peak tree RSS {rss / 2**30:.2f} GiB, {first:.0f}–{last:.0f} s",
+              flush=True)
+    return {"engine": engine, "wall_s": wall, "cpu_s": cpu, "peak_tree_rss_gib": peak / 2**30, "version": out,
+            "pass_peak_gib": {k: round(v[0] / 2**30, 3) for k, v in passes.items()}}
 
 
 def kept_hash_and_recall(home: Path, out: str, planted) -> tuple[str, float]:
@@ -166,6 +188,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="IRIS_HOME to use and keep (generated versions are reused; "
                         "outputs of an earlier run there are replaced); default: a fresh temporary folder")
     parser.add_argument("--engines", default="duckdb,memory,ray", help="which engines to run, comma-separated")
+    parser.add_argument("--keep-work", action="store_true", help="keep the out-of-core work folder of an earlier "
+                        "run with the same input and recipe, so its finished passes are resumed, not redone")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="iris-scale-"))
     wanted = set(args.engines.split(","))
@@ -184,7 +208,8 @@ def main() -> None:
                                                              else []) + (["ray"] if n == args.ray_rows else [])
         for engine in [e for e in engines if e in wanted]:
             shutil.rmtree(home / "datasets" / f"out-{engine}-{n}", ignore_errors=True)
-            shutil.rmtree(home / "work", ignore_errors=True)
+            if not args.keep_work:  # cold: this output's own work folder (another size's stays, for --keep-work)
+                shutil.rmtree(home / "work" / f"filter-out-{engine}-{n}", ignore_errors=True)
             shutil.rmtree(home / "cache", ignore_errors=True)  # cold: the in-memory path caches measurements
             r = run_engine(home, f"gen{n}", engine, f"out-{engine}-{n}")
             r["content_hash"], r["near_recall"] = kept_hash_and_recall(home, r["version"], planted)

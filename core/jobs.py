@@ -215,6 +215,7 @@ def progress_line(status: dict, unit: str = "steps") -> tuple[float, str]:
     """(fraction done, one line) for a job's status: state, step/total in `unit`, ETA while running, message.
     Every page's progress bar says the same things the same way."""
     state, step, total = status.get("state", "not started"), status.get("step") or 0, status.get("total") or 0
+    unit = status.get("unit") or unit  # a job whose passes count different things says which (rows, bands, pairs)
     text = f"{state}: {step}/{total or '?'} {unit}"
     phase = status.get("phase") if state in ACTIVE else None  # what a job does before its first step
     if phase:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from core import jobs, versions
-from core.data import bigdata, engine_duckdb, engine_ray, shards, store
+from core.data import bigdata, candidates, engine_duckdb, engine_ray, shards, store
 from core.data.filters import DataRecipe, apply_recipe, default_recipe
 from core.data.progress import Progress
 from core.errors import IrisError
@@ -86,14 +86,44 @@ def test_candidates_do_not_depend_on_how_many_bands_are_sorted_at_once(iris_home
     versions.save("small", df.iloc[:600])
     recipe, runner = default_recipe(), engine_duckdb.LocalRunner(1)
     whole = out_of_core("small", recipe, runner, 100, "all-bands")  # 600 rows: every band in one sort
-    all_pairs = np.load(engine_duckdb.work_dir("all-bands") / "pairs.npy")
-    monkeypatch.setattr(engine_duckdb, "BAND_ROWS", 1)  # one band a sort: 64 reads of one row group each
+    all_pairs = np.fromfile(engine_duckdb.work_dir("all-bands") / candidates.PAIRS, dtype="<i8")
+    monkeypatch.setattr(candidates, "BAND_ROWS", 1)  # one band a sort: 64 reads of one row group each
+    monkeypatch.setattr(candidates, "MERGE_CODES", 320)  # the 64 run files merged 5 codes of each at a time
+    monkeypatch.setattr(candidates, "READ_CODES", 50)  # and verify reads them back 50 at a time
     one = out_of_core("small", recipe, runner, 100, "one-band")
-    pairs = np.load(engine_duckdb.work_dir("one-band") / "pairs.npy")
+    codes = np.fromfile(engine_duckdb.work_dir("one-band") / candidates.PAIRS, dtype="<i8")
+    pairs = candidates.decode(codes)
     assert len(pairs) > 0 and (pairs[:, 0] < pairs[:, 1]).all()
-    np.testing.assert_array_equal(pairs, all_pairs)
+    np.testing.assert_array_equal(codes, all_pairs)
     assert (np.diff(pairs[:, 0] * len(df) + pairs[:, 1]) > 0).all()  # unique, sorted by (i, j)
     assert_same(one, whole)
+    # the same candidates as the in-memory path's LSH on the same signatures
+    from core.data import dedup
+    from core.data.measure import base_threshold_for
+
+    sigs = np.concatenate([np.load(p) for p in sorted((engine_duckdb.work_dir("one-band") / "sigs").glob("*.npy"))])
+    expected = dedup.lsh_candidates(sigs, base_threshold_for(0.5))
+    np.testing.assert_array_equal(pairs, expected[np.lexsort((expected[:, 1], expected[:, 0]))])
+
+
+def test_out_of_core_merge_equals_the_in_memory_union(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = [np.unique(rng.integers(0, 1500, size=int(rng.integers(0, 400)))) for _ in range(9)]
+    runs.append(np.arange(1490, 1500))  # a run that starts past the others' ends
+    runs.append(np.zeros(0, dtype=np.int64))  # and an empty one
+    paths = []
+    for k, run in enumerate(runs):
+        paths.append(tmp_path / f"run-{k}.i64")
+        run.astype("<i8").tofile(paths[-1])
+    expected = np.unique(np.concatenate(runs))
+    for memory in (1, 11, 100, 10**6):  # a code of each file at a time, ..., everything at once
+        read = []
+        n = candidates.merge(paths, tmp_path / "out.i64", memory_codes=memory, on_chunk=read.append)
+        merged = np.fromfile(tmp_path / "out.i64", dtype="<i8")
+        np.testing.assert_array_equal(merged, expected)
+        assert n == len(expected) and sum(read) == sum(len(r) for r in runs)
+        back = np.concatenate(list(candidates.read_chunks(tmp_path / "out.i64", 13)))
+        np.testing.assert_array_equal(back, expected)
 
 
 def test_each_row_is_normalised_and_minhashed_once_out_of_core(iris_home, monkeypatch):
@@ -264,6 +294,9 @@ def test_kill_9_mid_pass_then_rerun_resumes_and_never_leaves_a_partial_version(i
     first = next(line for line in out.stderr.splitlines() if line.startswith("measure:"))
     assert int(first.split()[1].split("/")[0].replace(",", "")) >= done_before * 200
     assert "rows/s" in out.stderr and "ETA" in out.stderr
+    # the candidate pass shows bands done of all bands, then the merge of their pairs, then the signature check
+    assert "candidates: 0/64 bands" in out.stderr and "candidates: 64/64 bands · " in out.stderr
+    assert "merge pairs: " in out.stderr and "verify: signatures: " in out.stderr
     expected = in_memory("s", default_recipe())
     assert versions.load_manifest("out")["rows"]["train"] == int(expected.kept.sum())
 
@@ -402,3 +435,15 @@ def test_the_data_page_imports_pandas_in_the_background_before_a_big_version_ope
             "print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["False"], out.stderr[-2000:]
+
+
+def test_a_pass_counted_in_bands_says_bands_on_the_page(tmp_path):
+    jobs.update_status(tmp_path, pid=os.getpid())  # this process plays the job
+    progress = Progress(tmp_path, every_s=0)
+    progress.start("candidates", 64, unit="bands")
+    progress.advance(3)
+    fraction, text = jobs.progress_line(jobs.read_status(tmp_path), "rows")  # the page's panel asks for rows
+    assert fraction == 3 / 64 and text.startswith("running: 3/64 bands") and "bands/s" in text and "ETA" in text
+    progress.start("write", 100)
+    assert jobs.progress_line(jobs.read_status(tmp_path), "rows")[1].startswith("running: 0/100 rows")
+

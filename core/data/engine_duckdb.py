@@ -10,7 +10,7 @@ Passes (each one's output lives in the work folder IRIS_HOME/work/filter-NAME un
   1 measure     per piece, in worker processes: the in-memory path's per-row measurements, a 128-bit key
                 of the exact-dedup text and the MinHash LSH band keys (core.data.passes) → measure/, bands/
   2 candidates  the band keys grouped a run of bands at a time (each read from its own row groups, sorted
-                in numpy, ≈ BAND_ROWS keys in memory) into candidate pairs exactly as
+                in numpy, ≈ candidates.BAND_ROWS keys in memory) into candidate pairs exactly as
                 dedup.lsh_candidates pairs rows within a bucket → pairs.npy
   3 verify      the in-memory path's signature pre-check on the signatures pass 1 saved, then the
                 word-5-gram sets and true Jaccard of the rows still left only → near.parquet
@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from core import versions
-from core.data import passes, shards
+from core.data import candidates, passes, shards
 from core.data.filters import DataRecipe, FilterResult, run_steps
 from core.data.progress import Progress
 from core.errors import IrisError
@@ -73,8 +73,8 @@ class LocalRunner:
             for fut in finished:
                 yield fut.result()
 
-    def candidates(self, work: Path, near_base: float, rows: int) -> np.ndarray:
-        return grouped_candidates(work, near_base, rows)
+    def candidates(self, work: Path, near_base: float, rows: int, progress: Progress) -> int:
+        return grouped_candidates(work, near_base, rows, progress)
 
     def idle(self) -> None:
         """After the measure pass: end its workers, so they do not hold their memory (tokenizer, language
@@ -101,22 +101,24 @@ def connect(work: Path):
     return con
 
 
-def grouped_candidates(work: Path, near_base: float, rows: int) -> np.ndarray:
-    """Candidate pairs (i < j, sorted) from the band keys, a run of bands at a time (passes.band_pairs: each
-    reads only its bands' row groups and sorts them in numpy), so memory holds ≈ BAND_ROWS keys whatever the
-    size. Was one DuckDB window over every (band, key, row): 64 bands × 400k rows took 88 s, and it grew
-    faster than the rows (spilling to disk at 2M)."""
+def grouped_candidates(work: Path, near_base: float, rows: int, progress: Progress) -> int:
+    """Candidate pairs (i < j, distinct, sorted) from the band keys into work/PAIRS as int64 codes
+    (core.data.candidates), a run of bands at a time (each read from its own row groups, sorted in numpy,
+    ≈ candidates.BAND_ROWS keys in memory, its pairs written to a run file), then the run files merged out of
+    core. Memory holds ≈ BAND_ROWS keys or MERGE_CODES codes whatever the size. Returns how many pairs. (Was the
+    union of every run's pairs in memory: at 2M rows ≈ 240M pairs, 5.8 GiB and growing.)"""
     files = sorted(str(p) for p in (work / passes.BANDS).glob("piece-*.parquet"))
-    if not files:
-        return np.zeros((0, 2), dtype=np.int64)
-    bands = passes.band_plan(near_base)[0]
-    run, pairs = max(1, min(bands, BAND_ROWS // max(1, rows))), np.zeros((0, 2), dtype=np.int64)
-    for lo in range(0, bands, run):  # merged run by run: only the distinct pairs are held
-        pairs = passes.unique_pairs([pairs, passes.band_pairs(files, lo, min(bands, lo + run) - 1)])
-    return pairs
-
-
-BAND_ROWS = 8_000_000  # band keys sorted at once (≈ 0.5 GB with the sort's temporaries)
+    bands = passes.band_plan(near_base)[0] if files else 0
+    runs = candidates.band_runs(bands, rows)
+    paths = candidates.run_paths(work, runs)
+    done = {p.name for p in paths if p.exists()}
+    progress.start("candidates", bands, already=sum(hi - lo + 1 for (lo, hi), p in zip(runs, paths) if p.name in done),
+                   unit="bands")
+    for (lo, hi), path in zip(runs, paths):
+        if path.name not in done:  # a run file is written atomically: a killed pass redoes only the missing runs
+            candidates.write_run(files, lo, hi, path, on_band=lambda _: progress.advance(1))
+    progress.done()
+    return candidates.merge_runs(work, paths, progress)
 
 
 def near_base_of(recipe: DataRecipe) -> float | None:
@@ -145,54 +147,88 @@ def measure_pass(all_pieces: list[shards.Piece], work: Path, recipe: DataRecipe,
     progress.done()
 
 
-def verify_pass(all_pieces: list[shards.Piece], pairs: np.ndarray, near_base: float, runner,
+def verify_pass(all_pieces: list[shards.Piece], pairs_file: Path, near_base: float, runner,
                 progress: Progress, work: Path):
     """Pass 3: the (i, j, jaccard) table of candidate pairs whose true Jaccard reaches `near_base`.
 
-    dedup.plausible_pairs' two checks run on the signatures pass 1 saved (its first 64 bins of the rows in
-    candidate pairs, then the full signatures of the rows left); only the rows still left are read again,
-    by workers that write their word-5-gram sets, for the true Jaccard. Each step holds only what it needs."""
+    dedup.plausible_pairs' two checks (_plausible) on the signatures pass 1 saved; only the rows still left
+    are read again, by workers that write their word-5-gram sets, for the true Jaccard. Each step holds only
+    what it needs."""
     import pandas as pd
 
     from core.data import dedup
 
-    involved = np.unique(pairs) if len(pairs) else np.zeros(0, dtype=np.int64)
-    cand = np.searchsorted(involved, pairs) if len(pairs) else pairs
-    quick = _gather_signatures(work, involved, slice(0, QUICK_BINS))
-    cand = cand[_agree(quick, cand, near_base - PLAUSIBLE_MARGIN - 0.2)]  # dedup.plausible_pairs' quick check
-    del quick
-    left = np.unique(cand)
-    full = _gather_signatures(work, involved[left], slice(None))
-    cand = cand[_agree(full, np.searchsorted(left, cand), near_base - PLAUSIBLE_MARGIN)]  # and its full check
-    del full
-    left = np.unique(cand)
-    rows = involved[left]
+    involved = _rows_in(pairs_file, sum(p.rows for p in all_pieces))
+    cand = _plausible(work, pairs_file, involved, near_base, progress)
+    cand = involved[cand]  # global rows from here on
+    del involved
+    rows = candidates.distinct(cand)
     offsets = np.array([p.offset for p in all_pieces])
     which = np.searchsorted(offsets, rows, side="right") - 1
     (work / passes.VERIFY).mkdir(exist_ok=True)
     done = {p.name for p in (work / passes.VERIFY).glob("piece-*.npz")}
     tasks = [{"piece": all_pieces[k].__dict__, "work": str(work), "rows": rows[which == k]}
-             for k in np.unique(which) if f"piece-{all_pieces[k].offset:012d}.npz" not in done]
+             for k in candidates.distinct(which) if f"piece-{all_pieces[k].offset:012d}.npz" not in done]
     progress.start("verify", len(rows), already=len(rows) - sum(len(t["rows"]) for t in tasks))
     for out in runner.map(passes.verify_piece, tasks):  # these workers stay on for the write pass
         progress.advance(out["rows"])
     progress.done()
     sets = _gather_sets(work, rows)
-    jac = dedup.jaccard_of_sets(dict(enumerate(sets)), np.searchsorted(left, cand))
+    jac = dedup.jaccard_of_sets(dict(enumerate(sets)), np.searchsorted(rows, cand))
     keep = jac >= near_base
-    return pd.DataFrame({"i": involved[cand[keep, 0]], "j": involved[cand[keep, 1]], "jaccard": jac[keep]})
+    return pd.DataFrame({"i": cand[keep, 0], "j": cand[keep, 1], "jaccard": jac[keep]})
+
+
+def _rows_in(pairs_file: Path, n: int) -> np.ndarray:
+    """The sorted rows that appear in any pair of `pairs_file` (a mark per row, not the pairs)."""
+    seen = np.zeros(n, dtype=bool)
+    for codes in candidates.read_chunks(pairs_file):
+        pairs = candidates.decode(codes)
+        seen[pairs[:, 0]] = seen[pairs[:, 1]] = True
+    return np.flatnonzero(seen)
 
 
 QUICK_BINS, PLAUSIBLE_MARGIN = 64, 0.15  # as dedup.plausible_pairs: its first 64 bins, its margin
 
 
-def _agree(sig: np.ndarray, pairs: np.ndarray, floor: float) -> np.ndarray:
-    """Pairs whose signatures agree on a share ≥ floor of their bins (the same expression as dedup's)."""
-    keep = np.zeros(len(pairs), dtype=bool)
+def _plausible(work: Path, pairs_file: Path, involved: np.ndarray, near_base: float, progress: Progress
+               ) -> np.ndarray:
+    """The candidate pairs (as int32 indices into `involved`) that pass dedup.plausible_pairs' two checks:
+    its first QUICK_BINS bins of the rows in candidate pairs (held: 512 B a row) against the pairs streamed
+    from `pairs_file` a chunk at a time (at 2M rows ≈ 240M pairs, 1.9 GB); then, for the pairs left, the
+    agreement over all bins counted QUICK_BINS bins at a time (never the full 2 KiB signatures of every row
+    left: 1M rows would be 2 GiB). A share is count / bins in float64, which is what dedup's mean of the
+    bins' equality computes, so the same pairs pass."""
+    sig_files = sorted((work / passes.SIGS).glob("piece-*.npy"))
+    bins = np.load(sig_files[0], mmap_mode="r").shape[1] if sig_files else QUICK_BINS
+    first = min(QUICK_BINS, bins)  # as dedup: its first 64 bins, or all of fewer
+    quick = _gather_signatures(work, involved, slice(0, first))
+    progress.start("verify: signatures", candidates.count(pairs_file), unit="pairs")
+    cand, agree = [np.zeros((0, 2), dtype=np.int32)], [np.zeros(0, dtype=np.int16)]
+    for codes in candidates.read_chunks(pairs_file):
+        part = np.searchsorted(involved, candidates.decode(codes)).astype(np.int32)
+        count = _agreements(quick, part)
+        ok = count / first >= near_base - PLAUSIBLE_MARGIN - 0.2
+        cand.append(part[ok])
+        agree.append(count[ok])
+        progress.advance(len(codes))
+    del quick
+    cand, agree = np.concatenate(cand), np.concatenate(agree)
+    left = candidates.distinct(cand)
+    local = np.searchsorted(left, cand).astype(np.int32)
+    for lo in range(first, bins, QUICK_BINS):  # the full check's count, a block of bins at a time
+        agree += _agreements(_gather_signatures(work, involved[left], slice(lo, lo + QUICK_BINS)), local)
+    progress.done()
+    return cand[agree / bins >= near_base - PLAUSIBLE_MARGIN]
+
+
+def _agreements(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """How many bins of `sig` each pair's rows agree on (int16), 20k pairs at a time."""
+    out = np.zeros(len(pairs), dtype=np.int16)
     for lo in range(0, len(pairs), 20000):
         a, c = pairs[lo:lo + 20000, 0], pairs[lo:lo + 20000, 1]
-        keep[lo:lo + 20000] = (sig[a] == sig[c]).mean(axis=1) >= floor
-    return keep
+        out[lo:lo + 20000] = (sig[a] == sig[c]).sum(axis=1)
+    return out
 
 
 def _gather_signatures(work: Path, rows: np.ndarray, bins: slice) -> np.ndarray:
@@ -259,14 +295,11 @@ def run_recipe(files: list[Path], recipe: DataRecipe, work: Path, runner, progre
     near_base, near = near_base_of(recipe), None
     if near_base is not None:
         if "verify" not in state["passes"]:
-            if "candidates" not in state["passes"]:
-                progress.start("candidates", n)
-                np.save(work / "pairs.tmp.npy", runner.candidates(work, near_base, n))
-                (work / "pairs.tmp.npy").replace(work / "pairs.npy")
-                progress.advance(n - progress.count)
-                progress.done()
+            # (a layout-3 folder whose candidates pass finished kept pairs.npy: redo the pass)
+            if "candidates" not in state["passes"] or not (work / candidates.PAIRS).exists():
+                runner.candidates(work, near_base, n, progress)
                 _finish(work, state, "candidates")
-            near = verify_pass(all_pieces, np.load(work / "pairs.npy"), near_base, runner, progress, work)
+            near = verify_pass(all_pieces, work / candidates.PAIRS, near_base, runner, progress, work)
             passes._write(near, work / "near.parquet")
             _finish(work, state, "verify")
         near = pd.read_parquet(work / "near.parquet")
@@ -377,8 +410,10 @@ def filter_big(version: str, recipe: DataRecipe, name: str, eval_fraction: float
     n = sum(shards.file_rows(f) for f in files)
     bands = passes.band_plan(near_base_of(recipe))[0] if near_base_of(recipe) is not None else 0
     # input again for the output, band keys twice (files and DuckDB's spill), ≈ 200 B of measurements a row,
-    # 2 KiB of MinHash signature a row
-    shards.check_disk(iris_home(), shards.split_bytes(files) + n * (bands * 36 + 200 + (2048 if bands else 0)), f"filtering {n:,} rows")
+    # 2 KiB of MinHash signature a row, candidate pairs twice (run files and their merge: ≈ 120 pairs × 8 B a
+    # row at 2M FineTome-shaped rows)
+    per_row = bands * 36 + 200 + (2048 + 2 * 1000 if bands else 0)
+    shards.check_disk(iris_home(), shards.split_bytes(files) + n * per_row, f"filtering {n:,} rows")
     fraction = recipe.eval_fraction if eval_fraction is None else eval_fraction
     fingerprint = hashlib.sha1(f"{manifest.get('content_hash')}|{recipe.to_yaml()}|{chunk_rows}|{WORK_LAYOUT}".encode()
                                ).hexdigest()

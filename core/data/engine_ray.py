@@ -4,8 +4,9 @@ Run as: python -m core.data filter VERSION --recipe R.yaml --name NAME --engine 
 
     RayRunner(address=None, workers=None)   no address: a local Ray with this machine's cores (or `workers`)
       .map(fn, tasks)        per-piece passes as Ray Data `map_batches` over the pieces (one piece a batch)
-      .candidates(work, b)   LSH band keys grouped per band partition: one Ray task per group of bands reads
-                             only its bands' keys and pairs bucket members exactly as dedup.lsh_candidates
+      .candidates(work, b, n, progress)   LSH band keys grouped per band partition: one Ray task per run of
+                             bands reads only its bands' keys, pairs bucket members exactly as
+                             dedup.lsh_candidates and writes them as a sorted code file; merged out of core
 
 The work folder must be on storage every node sees (a shared file system on a real cluster; here, local
 disk). Results are the DuckDB engine's, row for row. An address that does not answer is one sentence
@@ -20,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
-
-import numpy as np
 
 from core.data import passes
 from core.errors import IrisError
@@ -91,17 +90,29 @@ class RayRunner:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
 
-    def candidates(self, work: Path, near_base: float, rows: int) -> np.ndarray:
-        """Per-band partitions: each task pairs the buckets of a few bands; the union, unique and sorted."""
+    def candidates(self, work: Path, near_base: float, rows: int, progress) -> int:
+        """Per-band partitions: one Ray task per run of bands (≈ BAND_ROWS keys, as the DuckDB engine's runs)
+        writes that run's pairs as a sorted code file; this process merges the files out of core (candidates.merge_runs,
+        as the DuckDB engine). Returns how many pairs."""
         import ray
 
-        files = sorted(str(p) for p in (Path(work) / passes.BANDS).glob("piece-*.parquet"))
-        if not files:
-            return np.zeros((0, 2), dtype=np.int64)
-        bands = passes.band_plan(near_base)[0]
-        groups = np.array_split(np.arange(bands), min(bands, 8))  # contiguous runs of bands
-        remote = ray.remote(passes.band_pairs)
-        return passes.unique_pairs(ray.get([remote.remote(files, int(g[0]), int(g[-1])) for g in groups]))
+        from core.data import candidates
+
+        work = Path(work)
+        files = sorted(str(p) for p in (work / passes.BANDS).glob("piece-*.parquet"))
+        bands = passes.band_plan(near_base)[0] if files else 0
+        runs = candidates.band_runs(bands, rows)
+        paths = candidates.run_paths(work, runs)
+        todo = {p.name: hi - lo + 1 for (lo, hi), p in zip(runs, paths) if not p.exists()}
+        progress.start("candidates", bands, already=bands - sum(todo.values()), unit="bands")
+        remote = ray.remote(candidates.write_run)
+        pending = {remote.remote(files, lo, hi, p): p.name for (lo, hi), p in zip(runs, paths) if p.name in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ray.get(done[0])
+            progress.advance(todo[pending.pop(done[0])])
+        progress.done()
+        return candidates.merge_runs(work, paths, progress)
 
     def idle(self) -> None:
         """Ray keeps its workers between passes (it bounds their memory itself)."""

@@ -24,18 +24,19 @@ class Stopped(Exception):
 class Progress:
     def __init__(self, job_dir: Path | None = None, every_s: float = 1.0, stream=None):
         self.job_dir, self.every_s, self.stream = job_dir, every_s, stream or sys.stderr
-        self.name, self.total, self.count, self.begun, self.shown = "", 0, 0, 0.0, 0.0
+        self.name, self.total, self.count, self.begun, self.shown, self.unit = "", 0, 0, 0.0, 0.0, "rows"
 
-    def start(self, name: str, total: int, already: int = 0) -> None:
-        """A new pass over `total` rows, `already` of them done by an earlier run (not counted in rows/s)."""
-        self.name, self.total, self.count, self.already = name, total, already, already
+    def start(self, name: str, total: int, already: int = 0, unit: str = "rows") -> None:
+        """A new pass over `total` rows (or other `unit`s: bands, pairs), `already` of them done by an earlier
+        run (not counted in the rate)."""
+        self.name, self.total, self.count, self.already, self.unit = name, total, already, already, unit
         self.begun = self.shown = time.perf_counter()
         self._show(force=True)
 
     def advance(self, rows: int) -> None:
         self.count += rows
         if self.job_dir is not None and jobs.stop_requested(self.job_dir):
-            raise Stopped(f"stopped during {self.name} at {self.count:,}/{self.total:,} rows")
+            raise Stopped(f"stopped during {self.name} at {self.count:,}/{self.total:,} {self.unit}")
         if time.perf_counter() - self.shown >= self.every_s:
             self._show()
 
@@ -48,9 +49,9 @@ class Progress:
 
     def line(self) -> str:
         rate = self.rate()
-        text = f"{self.name}: {self.count:,}/{self.total:,} rows"
-        if rate > 0:
-            text += f" · {rate:,.0f} rows/s"
+        text = f"{self.name}: {self.count:,}/{self.total:,} {self.unit}"
+        if rate > 0:  # a slow unit (bands: one every few seconds) keeps two decimals
+            text += f" · {rate:,.0f} {self.unit}/s" if rate >= 10 else f" · {rate:.2f} {self.unit}/s"
             if self.count < self.total:
                 text += f" · ETA {(self.total - self.count) / rate:,.0f} s"
         return text
@@ -63,4 +64,4 @@ class Progress:
             rate = self.rate()
             eta = (self.total - self.count) / rate if rate > 0 and self.count < self.total else None
             jobs.update_status(self.job_dir, state="running", step=self.count, total=self.total, eta_s=eta,
-                               message=line, phase=self.name)
+                               message=line, phase=self.name, unit=self.unit)
