@@ -175,6 +175,21 @@ def run_paths(work: Path, runs: list[tuple[int, int]]) -> list[Path]:
     return [work / RUNS / f"run-{lo:03d}-{hi:03d}.i64" for lo, hi in runs]
 
 
+def plan_runs(work: Path, near_base: float, rows: int, progress) -> tuple[list[str], list[Path], list[tuple]]:
+    """What the candidates pass of `work` does (either engine): (its band files, every run's code file, the
+    runs still to write as (first band, last band, file)). A run file is written atomically, so a killed pass
+    redoes only the missing runs. Starts `progress` in bands, those of the written runs counted as done."""
+    from core.data import passes
+
+    files = sorted(str(p) for p in (work / passes.BANDS).glob("piece-*.parquet"))
+    bands = passes.band_plan(near_base)[0] if files else 0
+    runs = band_runs(bands, rows)
+    paths = run_paths(work, runs)
+    todo = [(lo, hi, path) for (lo, hi), path in zip(runs, paths) if not path.exists()]
+    progress.start("candidates", bands, already=bands - sum(hi - lo + 1 for lo, hi, _ in todo), unit="bands")
+    return files, paths, todo
+
+
 def merge_runs(work: Path, paths: list[Path], progress) -> int:
     """The run files merged into work/PAIRS (distinct, sorted) with progress (a core.data.progress.Progress)
     in codes read; the run files go. Returns how many pairs."""

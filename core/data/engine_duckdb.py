@@ -107,16 +107,9 @@ def grouped_candidates(work: Path, near_base: float, rows: int, progress: Progre
     ≈ candidates.BAND_ROWS keys in memory, its pairs written to a run file), then the run files merged out of
     core. Memory holds ≈ BAND_ROWS keys or MERGE_CODES codes whatever the size. Returns how many pairs. (Was the
     union of every run's pairs in memory: at 2M rows ≈ 240M pairs, 5.8 GiB and growing.)"""
-    files = sorted(str(p) for p in (work / passes.BANDS).glob("piece-*.parquet"))
-    bands = passes.band_plan(near_base)[0] if files else 0
-    runs = candidates.band_runs(bands, rows)
-    paths = candidates.run_paths(work, runs)
-    done = {p.name for p in paths if p.exists()}
-    progress.start("candidates", bands, already=sum(hi - lo + 1 for (lo, hi), p in zip(runs, paths) if p.name in done),
-                   unit="bands")
-    for (lo, hi), path in zip(runs, paths):
-        if path.name not in done:  # a run file is written atomically: a killed pass redoes only the missing runs
-            candidates.write_run(files, lo, hi, path, on_band=lambda _: progress.advance(1))
+    files, paths, todo = candidates.plan_runs(work, near_base, rows, progress)
+    for lo, hi, path in todo:
+        candidates.write_run(files, lo, hi, path, on_band=lambda _: progress.advance(1))
     progress.done()
     return candidates.merge_runs(work, paths, progress)
 

@@ -99,18 +99,13 @@ class RayRunner:
         from core.data import candidates
 
         work = Path(work)
-        files = sorted(str(p) for p in (work / passes.BANDS).glob("piece-*.parquet"))
-        bands = passes.band_plan(near_base)[0] if files else 0
-        runs = candidates.band_runs(bands, rows)
-        paths = candidates.run_paths(work, runs)
-        todo = {p.name: hi - lo + 1 for (lo, hi), p in zip(runs, paths) if not p.exists()}
-        progress.start("candidates", bands, already=bands - sum(todo.values()), unit="bands")
+        files, paths, todo = candidates.plan_runs(work, near_base, rows, progress)
         remote = ray.remote(candidates.write_run)
-        pending = {remote.remote(files, lo, hi, p): p.name for (lo, hi), p in zip(runs, paths) if p.name in todo}
+        pending = {remote.remote(files, lo, hi, path): hi - lo + 1 for lo, hi, path in todo}  # → its bands
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ray.get(done[0])
-            progress.advance(todo[pending.pop(done[0])])
+            progress.advance(pending.pop(done[0]))
         progress.done()
         return candidates.merge_runs(work, paths, progress)
 

@@ -221,7 +221,8 @@ def convert_streaming(cfg: ExportConfig, model_dir: Path, f16_path: Path, thread
         pre = f16_path.with_name(f".{f16_path.stem}-{quant}-streamed.gguf.tmp")
         try:
             guesses = predict.plan(*merge, quant) if merge else []
-            predictor = guesses and predict.Predictor(guesses, pre.with_name(f".{f16_path.stem}-{quant}-predicted.tmp"))
+            if guesses:
+                predictor = predict.Predictor(guesses, pre.with_name(f".{f16_path.stem}-{quant}-predicted.tmp"))
         except Exception as err:  # predicting is only a shortcut: without it, everything is quantized as it lands
             print(f"[export] not predicting tensors ({type(err).__name__}: {err})", flush=True)
         following = pool.submit(stream_quant.follow, convert.tmp_name(f16_path), pre, quant, threads, done,
