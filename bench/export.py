@@ -10,7 +10,8 @@ projections q,k,v,o,up,down (speed and memory do not depend on the weight values
          llama_model_quantize → q4_k_m with default parameters. Three processes, one after another.
   iris:  python -m core.export RUN --quant q4_k_m f16 --no-verify: the same converter merges the LoRA tensor
          by tensor as it writes the f16 GGUF, and q4_k_m is quantized from that file's bytes as they land
-         (core.export.stream_quant, ggml's own quantize); llama.cpp's quantize pass then only copies them.
+         (core.export.stream_quant, ggml's own quantize), each at its final place in llama.cpp's layout, so
+         the streamed file is the q4_k_m (kept when llama.cpp's dry run on the f16 gives every tensor its type).
          While the converter starts (≈ 20 s on one core, no tensor bytes yet), the other core quantizes the
          tensors the LoRA leaves untouched from the base's bytes (core.export.predict); each is reused only
          when the converter's written f16 bytes hash-equal the prediction.

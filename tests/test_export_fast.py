@@ -2,7 +2,9 @@
 copy on disk), and its GGUFs are byte-identical to merging into a folder first and converting that; the
 q4_k_m, quantized while the converter writes the f16 (`core.export.stream_quant`), is byte-identical to
 llama.cpp's own quantize (default parameters) of the same f16, also where a row is not a multiple of 256,
-and also when the tensors predicted ahead of the converter (`core.export.predict`) are predicted wrong."""
+and also when the tensors predicted ahead of the converter (`core.export.predict`) are predicted wrong.
+The streamed file is the final one (llama.cpp's metadata order, tensor order and offsets), kept only when
+llama.cpp's dry run on the f16 gives every tensor its type; otherwise the export quantizes from the f16."""
 from __future__ import annotations
 
 import ctypes
@@ -44,9 +46,10 @@ def test_merge_on_the_fly_gives_the_same_bytes_as_merging_first(tmp_path, capsys
     assert info["merge"]["on_the_fly"] and info["merge"]["merged"] == 2 * 6
     assert not (fused / "merged").exists() and (two_step / "merged" / "model.safetensors").exists()
     assert "merging the LoRA into the base (tensor by tensor)" not in log and "Model successfully exported" in log
-    # q4_k_m was quantized from the f16's bytes while the converter wrote them; llama.cpp's pass only copied
-    # (2 layers × 7 matrices + the tied embedding)
-    assert "q4_k_m: 15 of 20 tensors were quantized while converting; llama.cpp's pass copied them" in log
+    # q4_k_m was quantized from the f16's bytes while the converter wrote them, into the final file
+    # (2 layers × 7 matrices + the tied embedding); no pass of llama.cpp's quantize after it
+    assert ("q4_k_m: 15 of 20 tensors were quantized while converting; into the final file, every tensor of the "
+            "type llama.cpp's quantize gives it") in log
     # of those, the tensors the LoRA leaves as they were (the tied embedding, both ffn_gate) were quantized
     # from the base's bytes before the converter wrote them, and their written bytes hash-equalled the guess
     assert "q4_k_m: 3 of them were predicted from the base's bytes before the converter wrote them" in log
@@ -111,27 +114,54 @@ def test_streamed_quant_of_a_growing_file_is_llama_cpps_own(untied_f16, tmp_path
     # 4 layers × 7 matrices + token_embd + output
     assert streamed["meta"] == {"general.architecture": "llama", "tokenizer.ggml.pre": "llama-bpe",
                                 "tokenizer.chat_template": AutoTokenizer.from_pretrained(untied_f16.parent / "model").chat_template}
-    assert {k: v for k, v in streamed.items() if k not in ("seconds", "meta")} == {"path": tmp_path / "pre.gguf", "quantized": 30,
-                                                                     "predicted": 0, "tensors": 39}
+    assert {k: v for k, v in streamed.items() if k not in ("seconds", "meta", "types")} == {
+        "path": tmp_path / "pre.gguf", "final": True, "quantized": 30, "predicted": 0, "tensors": 39}
     assert streamed["seconds"]["total"] >= streamed["seconds"]["header"] >= 0
     assert _sha(growing) == _sha(untied_f16)
-    ours = convert.quantize(streamed["path"], tmp_path / f"ours-{quant}.gguf", quant)
-    assert _sha(ours) == _llama_cpp_quantize(untied_f16, tmp_path / f"ref-{quant}.gguf", quant)
+    # the streamed file is llama.cpp's own quantized file, and its types are those of llama.cpp's dry run
+    assert streamed["types"] == convert.planned_types(untied_f16, quant)
+    assert _sha(streamed["path"]) == _llama_cpp_quantize(untied_f16, tmp_path / f"ref-{quant}.gguf", quant)
 
 
-def test_a_wrong_streamed_type_is_refused_and_quantized_from_the_f16(untied_f16, tmp_path, monkeypatch, capsys):
-    """The safety net: llama.cpp will not re-quantize a tensor whose type differs from its own choice, so the
-    export falls back to quantizing from the f16 and the bytes stay llama.cpp's."""
-    from core.export import gguf, stream_quant
+def test_the_f16_order_file_goes_through_llama_cpps_pass(untied_f16, tmp_path, monkeypatch, capsys):
+    """A model with a tensor whose type is not reproduced here is streamed in the f16's order, and llama.cpp's
+    quantize makes the real file from it, copying the tensors that already have their type."""
+    from core.export import convert, gguf, stream_quant
+
+    monkeypatch.setattr(stream_quant, "final_types", lambda *a: None)
+    done = threading.Event()
+    done.set()
+    pre = stream_quant.follow(untied_f16, tmp_path / "pre.gguf", "q4_k_m", 1, done)
+    assert pre["final"] is False
+    out = gguf.quantize(untied_f16, tmp_path / "out.gguf", "q4_k_m", 1,
+                        {**pre, "quant": "q4_k_m", "planned": convert.planned_types(untied_f16, "q4_k_m")})
+    assert "tensors were quantized while converting; llama.cpp's pass copied them" in capsys.readouterr().out
+    assert not pre["path"].exists()
+    assert _sha(out) == _llama_cpp_quantize(untied_f16, tmp_path / "ref.gguf", "q4_k_m")
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_a_wrong_streamed_type_is_refused_and_quantized_from_the_f16(untied_f16, tmp_path, monkeypatch, capsys, final):
+    """The safety net: a streamed type that differs from llama.cpp's dry-run plan is not kept (and in the
+    f16's order, llama.cpp will not re-quantize a tensor whose type differs from its own choice), so the export
+    quantizes from the f16 and the bytes stay llama.cpp's."""
+    from core.export import convert, gguf, stream_quant
 
     right = stream_quant.target_types
     monkeypatch.setattr(stream_quant, "target_types",
                         lambda *a: {**right(*a), "blk.0.attn_q.weight": stream_quant.Q8_0})  # llama.cpp: q4_K
+    if not final:
+        monkeypatch.setattr(stream_quant, "final_types", lambda *a: None)
     done = threading.Event()
     done.set()
     pre = stream_quant.follow(untied_f16, tmp_path / "pre.gguf", "q4_k_m", 1, done)
-    out = gguf.quantize(untied_f16, tmp_path / "out.gguf", "q4_k_m", 1, {**pre, "quant": "q4_k_m"})
-    assert "llama.cpp refused the streamed tensors" in capsys.readouterr().out
+    assert pre["final"] is final
+    out = gguf.quantize(untied_f16, tmp_path / "out.gguf", "q4_k_m", 1,
+                        {**pre, "quant": "q4_k_m", "planned": convert.planned_types(untied_f16, "q4_k_m")})
+    log = capsys.readouterr().out
+    assert "the streamed tensors were refused" in log
+    if final:
+        assert "1 tensors differ from llama.cpp's plan, first blk.0.attn_q.weight: q8_0 vs q4_K" in log
     assert not pre["path"].exists()
     assert _sha(out) == _llama_cpp_quantize(untied_f16, tmp_path / "ref.gguf", "q4_k_m")
 

@@ -180,15 +180,25 @@ def run_steps(cfg: ExportConfig, src: Source, name: str, out: Path, work: Path, 
 
 
 def quantize(f16: Path, out: Path, quant: str, threads: int, streamed: dict | None) -> Path:
-    """`quant` from the f16 GGUF; when it was streamed during the conversion, llama.cpp's pass only copies
-    the already quantized tensors (and quantizes from the f16 as before if it refuses them)."""
+    """`quant` from the f16 GGUF. When it was streamed during the conversion, the streamed file is the result
+    if every tensor has the type llama.cpp's dry run on the f16 gave it (`streamed["planned"]`); in the f16's
+    order, llama.cpp's pass only copies the already quantized tensors. Else it is quantized from the f16."""
     from core.export import convert
 
     if streamed and streamed["quant"] == quant:
         try:
-            out = convert.quantize(streamed["path"], out, quant, threads)
+            if streamed["final"]:
+                differ = sorted(n for n, t in streamed["types"].items() if (streamed.get("planned") or {}).get(n) != t)
+                if differ:
+                    raise IrisError(f"{len(differ)} tensors differ from llama.cpp's plan, first {differ[0]}: "
+                                    f"{streamed['types'][differ[0]]} vs {(streamed.get('planned') or {}).get(differ[0])}")
+                os.replace(streamed["path"], out)
+                how = "into the final file, every tensor of the type llama.cpp's quantize gives it"
+            else:
+                out = convert.quantize(streamed["path"], out, quant, threads)
+                how = "llama.cpp's pass copied them"
             print(f"[export] {quant}: {streamed['quantized']} of {streamed['tensors']} tensors were quantized "
-                  "while converting; llama.cpp's pass copied them", flush=True)
+                  f"while converting; {how}", flush=True)
             print(f"[export] {quant}: {streamed.get('predicted', 0)} of them were predicted from the base's bytes "
                   "before the converter wrote them (hash-equal)", flush=True)
             print(f"[export] streaming {quant}: header on disk after {streamed['seconds']['header']} s, waited "
@@ -196,7 +206,7 @@ def quantize(f16: Path, out: Path, quant: str, threads: int, streamed: dict | No
                   f"{streamed['seconds']['total']} s", flush=True)
             return out
         except IrisError as err:
-            print(f"[export] {quant}: llama.cpp refused the streamed tensors ({err}); quantizing from the f16",
+            print(f"[export] {quant}: the streamed tensors were refused ({err}); quantizing from the f16",
                   flush=True)
         finally:
             Path(streamed["path"]).unlink(missing_ok=True)
@@ -231,6 +241,11 @@ def convert_streaming(cfg: ExportConfig, model_dir: Path, f16_path: Path, thread
             f16 = convert.convert_hf(model_dir, f16_path, merge=merge)
         finally:
             done.set()
+        planned = None
+        try:  # llama.cpp's own type for every tensor, from the finished f16, while the follower still quantizes
+            planned = convert.planned_types(f16, quant)
+        except IrisError as err:
+            print(f"[export] {err}", flush=True)
         try:
             streamed = following.result()
         except Exception as err:  # a bug here must not cost the export: quantize from the f16 as before
@@ -240,7 +255,7 @@ def convert_streaming(cfg: ExportConfig, model_dir: Path, f16_path: Path, thread
         finally:
             if predictor:
                 predictor.close()
-    return f16, streamed and {**streamed, "quant": quant}
+    return f16, streamed and {**streamed, "quant": quant, "planned": planned}
 
 
 def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path, begin, end, threads: int = 1):

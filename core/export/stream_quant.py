@@ -4,19 +4,24 @@ The converter writes its f16 GGUF header first and then each tensor in turn on o
 (≈ 80% of an export's CPU) used to start only once the whole file was done. `follow` runs beside it,
 in the export process: it parses the header as soon as it is on disk and quantizes each tensor as soon
 as its bytes are, with ggml's own `ggml_quantize_chunk` (the libggml llama-cpp-python ships: f16 → f32
-→ quantize, exactly what `llama_model_quantize` does), into a GGUF with the same metadata whose
-tensors already have their final types. `llama_model_quantize` then makes the real file from that one:
-every tensor is already of its target type, so it only copies, and the metadata (file type,
-quantization version, tensor order, alignment) is llama.cpp's own.
+→ quantize, exactly what `llama_model_quantize` does), into the GGUF that llama.cpp's `llama_model_quantize` would write from the finished f16: its metadata (the
+f16's keys, then `general.quantization_version` and `general.file_type` moved to the end, as llama.cpp
+sets them), its tensor order (layer number, then name: `llama_model_loader`'s weights_map) and offsets,
+each tensor written at its final place as soon as it is quantized. So there is no pass after the last
+tensor (llama.cpp's copy of the 0.8 GB was ≈ 2–4 s on one core after everything else, on a 1B model).
+When not every tensor's type is reproduced here (`final_types`), the file keeps the f16's order and
+llama.cpp's quantize makes the real file from it, only copying the tensors that already have their type.
 
 The per-tensor types are llama.cpp's `llama_tensor_get_type` for q4_k_m / q5_k_m (llama-quant.cpp,
 llama-cpp-python 0.3.36): tied embedding → q6_K, every other attn_v / ffn_down by `use_more_bits`
 (counted in llama.cpp's tensor order: layer number, then name), the rest the ftype's K type, with its
 fallback when a row is not a multiple of 256 (q4_K → q5_0, q5_K → q5_1, q6_K → q8_0, else f16).
-Only the matrices of a plain transformer block and the embeddings are quantized here; anything else
-is copied as is and left to llama.cpp's pass. A wrong guess cannot change the bytes: llama.cpp
-refuses to re-quantize a tensor whose type differs from its choice (the export then quantizes from the
-f16 as before), and the q4_k_m hash test against llama.cpp's own quantize pins the result.
+Only the matrices of a plain transformer block and the embeddings are quantized here; 1-D tensors are
+copied as llama.cpp copies them. A wrong guess cannot reach the user: once the f16 is complete, a dry run
+of llama.cpp's quantize on it (`core.export.convert.planned_types`: every tensor's type, nothing written)
+must give every tensor the type it has here, else the export quantizes from the f16 as before; in the
+f16-order case llama.cpp also refuses to re-quantize a tensor whose type differs from its choice. The
+q4_k_m / q5_k_m hash tests against llama.cpp's own quantize pin the bytes.
 """
 from __future__ import annotations
 
@@ -34,6 +39,11 @@ F32, F16, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 0, 1, 6, 7, 8, 12, 13, 14  # ggml
 BLOCK = {F32: 1, F16: 1, Q5_0: 32, Q5_1: 32, Q8_0: 32, Q4_K: 256, Q5_K: 256, Q6_K: 256}  # elements per block
 FALLBACK = {Q4_K: Q5_0, Q5_K: Q5_1, Q6_K: Q8_0}  # llama.cpp's tensor_type_fallback for these
 STREAMED = {"q4_k_m": Q4_K, "q5_k_m": Q5_K}  # quant → its default tensor type
+FTYPE = {"q4_k_m": 15, "q5_k_m": 17}  # llama.h's LLAMA_FTYPE_MOSTLY_Q4_K_M / _Q5_K_M: general.file_type
+QNT_VERSION = 2  # ggml's GGML_QNT_VERSION: general.quantization_version
+GGUF_VERSION = 3  # the GGUF version ggml writes
+# keys llama.cpp's quantize sets last (in this order) or drops, whatever the f16 had
+SET_LAST, DROPPED = ("general.quantization_version", "general.file_type"), ("split.no", "split.count", "split.tensors.count")
 ARCHS = ("llama", "qwen2", "qwen3")  # no arch-specific rules for these in llama_tensor_get_type_impl
 MATRIX = re.compile(r"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_up|ffn_gate|ffn_down)\.weight")
 SLAB_BYTES = 2 * 1024**2  # f16 source bytes quantized at a time (+2× that as f32): the export process stays small
@@ -58,10 +68,11 @@ class Incomplete(Exception):
     """The header is not all on disk yet."""
 
 
-def parse_header(f) -> tuple[int, dict, list[TensorInfo], int]:
+def parse_header(f, spans: dict | None = None) -> tuple[int, dict, list[TensorInfo], int]:
     """(end of the KV section, the scalar KV values, tensor infos, start of the data section), read from the
     binary file `f` at its start in small buffered reads: the ≈ 10 MB of a 128k vocabulary are never held
-    at once (this runs while the converter is at its peak)."""
+    at once (this runs while the converter is at its peak). `spans`, when given, gets key → (start, end)
+    of each KV entry's bytes in the file."""
     def read(n: int) -> bytes:
         nonlocal pos
         out = f.read(n)
@@ -95,8 +106,11 @@ def parse_header(f) -> tuple[int, dict, list[TensorInfo], int]:
         raise ValueError("not a GGUF file")
     kv = {}
     for _ in range(n_kv):
+        start = pos
         key = string()
         kv[key] = value(take("<I"))
+        if spans is not None:
+            spans[key] = (start, pos)
     kv_end = pos
     tensors = []
     for _ in range(n_tensors):
@@ -155,6 +169,31 @@ def target_types(kv: dict, tensors: list[TensorInfo], quant: str) -> dict[str, i
     return out
 
 
+def final_types(tensors: list[TensorInfo], types: dict[str, int]) -> dict[str, int] | None:
+    """Every tensor's type in llama.cpp's quantized file, when `types` (`target_types`) covers every tensor
+    llama.cpp would quantize: the rest are 1-D (never quantized) or already of the type llama.cpp keeps
+    (a row length no K- or legacy type fits: f16 stays f16). None when some tensor is not reproduced here."""
+    out = {}
+    for t in tensors:
+        if t.name in types:
+            out[t.name] = types[t.name]
+        elif len(t.dims) < 2 or all(d == 1 for d in t.dims[1:]) or \
+                (t.type == F16 and (MATRIX.fullmatch(t.name) or t.name in ("token_embd.weight", "output.weight"))):
+            out[t.name] = t.type
+        else:
+            return None
+    return out
+
+
+def llama_order(tensors: list[TensorInfo]) -> list[TensorInfo]:
+    """llama.cpp's tensor order in a quantized file: `llama_model_loader`'s weights_map, sorted by layer
+    number (-1 outside the blocks), then by name."""
+    def key(t: TensorInfo):
+        m = re.match(r"blk\.(\d+)\.", t.name)
+        return (int(m.group(1)) if m else -1, t.name.encode())
+    return sorted(tensors, key=key)
+
+
 def ggml() -> ctypes.CDLL:
     """libggml-base from llama-cpp-python's package, without importing llama_cpp (the export process stays lean)."""
     import importlib.util
@@ -166,6 +205,8 @@ def ggml() -> ctypes.CDLL:
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     dll.ggml_row_size.restype = ctypes.c_size_t
     dll.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    dll.ggml_type_name.restype = ctypes.c_char_p
+    dll.ggml_type_name.argtypes = [ctypes.c_int]
     # f16 → f32 with the CPU backend's SIMD row conversion (exact, like every f16 → f32): ≈ 1.8 G values/s
     # where numpy's astype manages ≈ 0.12 G, which was ≈ 10 s of CPU on a 1B model
     cpu = ctypes.CDLL(str(lib.with_name("libggml-cpu.so")))
@@ -183,10 +224,11 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
     """Quantize `src` (an f16 GGUF being written) into `out` tensor by tensor as its bytes land.
 
     `done` is set once the writer has finished or failed. `predictor`: a `core.export.predict.Predictor` whose
-    blocks are reused for a tensor whose written bytes hash-equal its prediction. Returns {"path", "quantized",
-    "predicted", "tensors", "meta", "seconds"} (predicted: tensors whose blocks came from the predictor; meta:
-    the header's META_KEYS; seconds: from
-    the start until the header was on disk, spent waiting for the writer's bytes after it, and in all) or None
+    blocks are reused for a tensor whose written bytes hash-equal its prediction. Returns {"path", "final",
+    "types", "quantized", "predicted", "tensors", "meta", "seconds"} (final: `out` is llama.cpp's quantized file
+    itself, else it is in the f16's order for llama.cpp's pass; types: tensor name → ggml type name in `out`;
+    predicted: tensors whose blocks came from the predictor; meta: the header's META_KEYS; seconds: from the
+    start until the header was on disk, spent waiting for the writer's bytes after it, and in all) or None
     when nothing can be streamed (unsupported model, or the writer failed first)."""
     started = time.time()
     while not src.exists():
@@ -197,12 +239,12 @@ def follow(src: Path, out: Path, quant: str, threads: int, done: threading.Event
         header = _wait_for_header(f, done)
         if header is None:
             return None
-        kv_end, kv, tensors, data_start = header
+        (kv_end, kv, tensors, data_start), spans = header
         types = target_types(kv, tensors, quant)
         if not types:
             return None
         header_at, waited = time.time(), [0.0]
-        result = _write(f, kv_end, tensors, data_start, types, out, max(1, threads), done,
+        result = _write(f, spans, tensors, data_start, types, quant, out, max(1, threads), done,
                         kv.get("general.alignment") or 32, waited, predictor)
     if result:  # the f16's metadata is the quants' too (llama.cpp's quantize copies it): no second read
         result["meta"] = {k: kv[k] for k in META_KEYS if kv.get(k) is not None}
@@ -217,7 +259,8 @@ def _wait_for_header(f, done: threading.Event):
         size = os.fstat(f.fileno()).st_size
         if size:
             try:
-                return parse_header(f)
+                spans = {}
+                return parse_header(f, spans), spans
             except Incomplete:
                 pass
         if done.is_set() and os.fstat(f.fileno()).st_size == size:
@@ -225,26 +268,39 @@ def _wait_for_header(f, done: threading.Event):
         time.sleep(0.2)
 
 
-def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: dict[str, int], out: Path,
+def _write(f, spans: dict, tensors: list[TensorInfo], data_start: int, types: dict[str, int], quant: str, out: Path,
            threads: int, done: threading.Event, align: int, waited: list[float], predictor=None) -> dict | None:
     import numpy as np
 
     lib = ggml()
-    ti, offset, sizes = bytearray(), 0, {}
-    for t in tensors:  # same names and dims, so the header keeps its length and data_start
+    final = final_types(tensors, types)
+    layout = llama_order(tensors) if final else tensors  # the order of the tensors' data in `out`
+    kv_keys = list(spans)
+    if final:  # llama.cpp's quantize: the f16's keys, these two set again (so last), split keys removed
+        kv_keys = [k for k in kv_keys if k not in SET_LAST + DROPPED]
+    head = struct.pack("<4sIQQ", b"GGUF", GGUF_VERSION, len(tensors), len(kv_keys) + (len(SET_LAST) if final else 0))
+    tail = b"".join(_kv_u32(k, v) for k, v in zip(SET_LAST, (QNT_VERSION, FTYPE.get(quant)))) if final else b""
+    ti, offset, sizes, at = bytearray(), 0, {}, {}
+    for t in layout:  # same names and dims
         new = types.get(t.name, t.type)
         sizes[t.name] = lib.ggml_row_size(new, t.dims[0]) * int(np.prod(t.dims[1:]))
         name = t.name.encode()
         ti += struct.pack("<Q", len(name)) + name + struct.pack("<I", len(t.dims))
         ti += struct.pack(f"<{len(t.dims)}Q", *t.dims) + struct.pack("<IQ", new, offset)
+        at[t.name] = offset
         offset += -(-sizes[t.name] // align) * align
-    assert -(-(kv_end + len(ti)) // align) * align == data_start, "tensor info changed length"
+    meta_bytes = len(head) + sum(spans[k][1] - spans[k][0] for k in kv_keys) + len(tail) + len(ti)
+    out_start = -(-meta_bytes // align) * align
+    assert final or out_start == data_start, "tensor info changed length"
     pool, predicted = ThreadPoolExecutor(threads), 0
     with open(out, "wb") as dst:
-        for at in range(0, kv_end, 1 << 20):  # the KV section verbatim (≈ 10 MB with a 128k vocab), 1 MB at a time
-            dst.write(os.pread(f.fileno(), min(1 << 20, kv_end - at), at))
-        dst.write(bytes(ti) + bytes(data_start - kv_end - len(ti)))
-        for t in sorted(tensors, key=lambda t: t.offset):
+        dst.write(head)
+        for key in kv_keys:  # each entry's bytes verbatim (≈ 10 MB with a 128k vocab), 1 MB at a time
+            start, end = spans[key]
+            for pos in range(start, end, 1 << 20):
+                dst.write(os.pread(f.fileno(), min(1 << 20, end - pos), pos))
+        dst.write(tail + bytes(ti) + bytes(out_start - meta_bytes))
+        for t in sorted(tensors, key=lambda t: t.offset):  # as the converter writes them
             src_bytes = lib.ggml_row_size(t.type, t.dims[0]) * int(np.prod(t.dims[1:]))
             t0 = time.time()
             if not _wait_for(f, data_start + t.offset + src_bytes, done):
@@ -252,6 +308,7 @@ def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: di
             waited[0] += time.time() - t0
             new = types.get(t.name, t.type)
             guess = predictor.take(t.name) if predictor and new != t.type else None
+            dst.seek(out_start + at[t.name])  # the padding after each tensor stays a hole: zeros when read
             if new == t.type:
                 dst.write(os.pread(f.fileno(), src_bytes, data_start + t.offset))
             elif guess and _predicted(f, data_start + t.offset, src_bytes, t, new, sizes[t.name], guess):
@@ -261,9 +318,16 @@ def _write(f, kv_end: int, tensors: list[TensorInfo], data_start: int, types: di
                 if guess:  # a wrong guess: this model's bytes are not predicted right, so spend no more CPU on them
                     predictor.stop.set()
                 _quantize(f, data_start + t.offset, t, new, lib, pool, dst)
-            dst.write(bytes(-sizes[t.name] % align))
+        dst.truncate(out_start + offset)  # up to the last tensor's padding
     pool.shutdown()
-    return {"path": out, "quantized": len(types), "predicted": predicted, "tensors": len(tensors)}
+    return {"path": out, "final": bool(final), "quantized": len(types), "predicted": predicted, "tensors": len(tensors),
+            "types": {t.name: lib.ggml_type_name(types.get(t.name, t.type)).decode() for t in tensors}}
+
+
+def _kv_u32(key: str, value: int) -> bytes:
+    """One KV entry of GGUF type uint32 (4)."""
+    name = key.encode()
+    return struct.pack("<Q", len(name)) + name + struct.pack("<II", 4, value)
 
 
 def _predicted(f, start: int, nbytes: int, t: TensorInfo, new: int, size: int, guess) -> bool:
