@@ -45,15 +45,17 @@ def run_merge(base_dir: Path, adapter_dir: Path, out: Path, dtype: str = "f16") 
     return json.loads(lines[-1])
 
 
-def _run_tool(argv: list[str], what: str, out: Path | None = None) -> list[str]:
+def _run_tool(argv: list[str], what: str, out: Path | None = None, threads: int | None = None) -> list[str]:
     """Run a llama.cpp script, echoing its output into our log; one IrisError sentence on failure (the
-    disk-full one when the script ran out of space writing `out`)."""
+    disk-full one when the script ran out of space writing `out`). `threads`: its OpenMP / MKL threads."""
     from core.llamacpp import tools
     from core.paths import REPO_ROOT
 
     path = [str(tools().gguf_py), str(REPO_ROOT), os.environ.get("PYTHONPATH")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
     env.pop("HF_TOKEN", None)  # the converter needs no token; keep it out of its environment and log
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             preexec_fn=_die_with_parent)
     tail: list[str] = []
@@ -241,14 +243,15 @@ def _warm_up_and_wait(marker: Path) -> None:
 
 
 def convert_hf(model_dir: Path, out: Path, outtype: str = "f16", after: Path | None = None,
-               merge: tuple[Path, Path, str] | None = None) -> Path:
+               merge: tuple[Path, Path, str] | None = None, torch_threads: int | None = None) -> Path:
     """`convert_hf_to_gguf.py model_dir --outtype f16` into `out` (atomic).
 
     `after`: start now, but convert only once the file `after` exists (the merge writing `model_dir`
     creates it when done): the converter's imports then overlap the merge. If `after`.failed appears
     instead, the converter exits and this raises.
     `merge`: (base folder, adapter folder, merge dtype): convert base + LoRA merged on the fly; `model_dir`
-    then only needs the merged model's config and tokenizer files (`core.export.merge.write_side_files`)."""
+    then only needs the merged model's config and tokenizer files (`core.export.merge.write_side_files`).
+    `torch_threads`: the converter's torch threads (its merges and casts), when other work holds the other cores."""
     from core.llamacpp import tools
 
     tmp = tmp_name(out)
@@ -257,7 +260,7 @@ def convert_hf(model_dir: Path, out: Path, outtype: str = "f16", after: Path | N
     wait += ["--merge", *map(str, merge)] if merge else []
     try:
         _run_tool(script_argv(*wait, tools().convert_hf, model_dir, "--outfile", tmp, "--outtype", outtype),
-                  "converting to GGUF", out)
+                  "converting to GGUF", out, threads=torch_threads)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -237,8 +237,9 @@ def convert_streaming(cfg: ExportConfig, model_dir: Path, f16_path: Path, thread
             print(f"[export] not predicting tensors ({type(err).__name__}: {err})", flush=True)
         following = pool.submit(stream_quant.follow, convert.tmp_name(f16_path), pre, quant, threads, done,
                                 predictor and predictor.start())
-        try:
-            f16 = convert.convert_hf(model_dir, f16_path, merge=merge)
+        try:  # one torch thread: the follower's quantizing holds the cores, and idle torch workers spinning
+            # between small ops cost ≈ 2.5 s of CPU on a 1B model (same bytes, measured alone: user 23.4 → 20.8 s)
+            f16 = convert.convert_hf(model_dir, f16_path, merge=merge, torch_threads=1)
         finally:
             done.set()
         planned = None

@@ -155,7 +155,8 @@ def estimate(size: ModelSize, quants: list[str], mode: str, merge: bool, verify:
     # before core.export.convert trimmed the heap)
     extra = 0 if (merge or size.src_dtype == "F16") else size.largest * (4 if size.src_dtype == "BF16" else 2)
     # without verification or study the converter merges on the fly and q4_k_m / q5_k_m is quantized while it
-    # writes (core.export.stream_quant): that copy sits beside the f16 until llama.cpp's pass has copied it
+    # writes (core.export.stream_quant): that file sits beside the f16 (and when llama.cpp's dry run disagrees
+    # with its types, so does the quant made again from the f16: counted by the quantize step)
     on_the_fly = merge and not verify and not keep_merged and not study and mode == "merged"
     streamed_q = next((q for q in STREAMED if q in quants), None) if on_the_fly else None
     streamed = int(size.params * BYTES_PER_PARAM[streamed_q]) if streamed_q else 0
