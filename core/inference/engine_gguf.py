@@ -17,6 +17,7 @@ prompt's tokens or to plain tokenisation, which is always correct.
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Iterator
 from core.errors import IrisError
 from core.inference.chat_tokens import protect, restore
 from core.inference.engine import MAX_CTX, Engine, Stream, _check_ram, cpu_threads
+from core.inference.threads import CoreShare
 
 if TYPE_CHECKING:
     from core.inference.catalog import ChatModel
@@ -103,7 +105,7 @@ class GGUFEngine(Engine):
         _check_ram(int(size * 1.1) + (64 << 20), path.name)
         from llama_cpp import Llama, llama_chat_format
 
-        threads = cpu_threads()
+        threads = self.threads = self._threads_now = cpu_threads()
         try:
             self.llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx or MAX_CTX,
                              n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -204,6 +206,9 @@ class GGUFEngine(Engine):
         stream.stats.cached_tokens = self._cached_prefix(tokens) if self.llm.n_tokens else 0
         limit = min(int(settings.max_new_tokens), self.n_ctx - len(tokens))
         self.llm.set_seed(int(settings.seed))
+        # the cores other processes leave free (a training run beside a chat takes both): core.inference.threads
+        share = CoreShare(self.threads, fixed=bool(os.environ.get("IRIS_CHAT_THREADS")))
+        self._use_threads(share.first())
         gen = self.llm.generate(tokens, top_k=int(settings.top_k), top_p=float(settings.top_p), min_p=0.0,
                                 temp=float(settings.temperature), repeat_penalty=float(settings.repeat_penalty))
         vocab = self.llm._model.vocab
@@ -213,12 +218,19 @@ class GGUFEngine(Engine):
                     self.last_finish = "stop"
                     return
                 self._out.append(tok)
+                if (threads := share.update()) is not None:
+                    self._use_threads(threads)
                 yield self.llm.detokenize([tok])
                 if len(self._out) >= limit:
                     self.last_finish = "length"
                     return
         finally:
             gen.close()
+
+    def _use_threads(self, n: int) -> None:
+        if n != self._threads_now:
+            self.llm._ctx.set_n_threads(n, n)
+            self._threads_now = n
 
     def finish(self, stream: Stream) -> None:
         # Remember this turn's exact tokens for the next prompt (see the module docstring); the turns
