@@ -20,9 +20,9 @@ def test_free_cores_counts_a_core_as_taken_from_a_third_of_it():
     assert [free_cores(b, 8) for b in (0.0, 1.0, 2.5, 7.9)] == [8, 7, 5, 1]
 
 
-def test_a_fixed_count_never_changes():
-    share = CoreShare(CORES, fixed=True)
-    assert share.first() == CORES and share.update(min_window_s=0) is None
+def test_one_thread_is_never_more():
+    share = CoreShare(1)
+    assert share.threads(min_window_s=0) == 1 and share.last is None
 
 
 class busy_processes:
@@ -47,7 +47,8 @@ def test_beside_a_process_on_every_core_one_thread_is_used():
     with busy_processes(CORES):
         share = CoreShare(CORES)
         time.sleep(0.4)
-        assert share.update(min_window_s=0) == 1 and share.current == 1
+        assert share.threads(min_window_s=0) == 1
+        assert share.threads(min_window_s=60) == 1  # too soon to look again: the last count
 
 
 @many_cores

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterator
 from core.errors import IrisError
 from core.inference.chat_tokens import protect, restore
 from core.inference.engine import MAX_CTX, Engine, Stream, _check_ram, cpu_threads
-from core.inference.threads import CoreShare
+from core.inference.threads import FIRST_WINDOW_S, CoreShare
 
 if TYPE_CHECKING:
     from core.inference.catalog import ChatModel
@@ -106,6 +106,7 @@ class GGUFEngine(Engine):
         from llama_cpp import Llama, llama_chat_format
 
         threads = self.threads = self._threads_now = cpu_threads()
+        self._share = CoreShare(threads)  # the cores other processes leave free (core.inference.threads)
         try:
             self.llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx or MAX_CTX,
                              n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -206,9 +207,8 @@ class GGUFEngine(Engine):
         stream.stats.cached_tokens = self._cached_prefix(tokens) if self.llm.n_tokens else 0
         limit = min(int(settings.max_new_tokens), self.n_ctx - len(tokens))
         self.llm.set_seed(int(settings.seed))
-        # the cores other processes leave free (a training run beside a chat takes both): core.inference.threads
-        share = CoreShare(self.threads, fixed=bool(os.environ.get("IRIS_CHAT_THREADS")))
-        self._use_threads(share.first())
+        fixed = bool(os.environ.get("IRIS_CHAT_THREADS"))  # read per answer: a benchmark switches it
+        self._use_threads(self.threads if fixed else self._share.threads(FIRST_WINDOW_S))
         gen = self.llm.generate(tokens, top_k=int(settings.top_k), top_p=float(settings.top_p), min_p=0.0,
                                 temp=float(settings.temperature), repeat_penalty=float(settings.repeat_penalty))
         vocab = self.llm._model.vocab
@@ -218,8 +218,8 @@ class GGUFEngine(Engine):
                     self.last_finish = "stop"
                     return
                 self._out.append(tok)
-                if (threads := share.update()) is not None:
-                    self._use_threads(threads)
+                if not fixed:
+                    self._use_threads(self._share.threads())
                 yield self.llm.detokenize([tok])
                 if len(self._out) >= limit:
                     self.last_finish = "length"

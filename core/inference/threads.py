@@ -16,8 +16,8 @@ import math
 import os
 import time
 
-FIRST_WINDOW_S = 0.05  # seconds looked at before the prompt is evaluated (adds this much to the first token)
-WINDOW_S = 0.25  # seconds between later looks (a few tokens of a 1B model on 2 cores)
+FIRST_WINDOW_S = 0.05  # seconds since the last look below which an answer starts with the last count
+WINDOW_S = 0.25  # seconds between looks while answering (a few tokens of a 1B model on 2 cores)
 BUSY_FROM = 0.3  # a core that others use more than this fraction of counts as taken
 
 
@@ -39,15 +39,13 @@ def free_cores(busy_others: float, cores: int) -> int:
 
 
 class CoreShare:
-    """Follows what other processes use and says how many of `limit` threads to run with now."""
+    """Follows what other processes use and says how many of `limit` threads to run with now. One per engine,
+    made when the model loads, so an answer's first look covers the time since the last one (no wait)."""
 
-    def __init__(self, limit: int, fixed: bool = False):
-        self.limit, self.current = limit, limit
+    def __init__(self, limit: int):
+        self.limit = self.current = limit
         self.cores = self._cores()
-        self.fixed = fixed or limit <= 1
-        self.last = None if self.fixed else _others_cpu()
-        if self.last is None:
-            self.fixed = True
+        self.last = _others_cpu() if limit > 1 else None
 
     @staticmethod
     def _cores() -> int:
@@ -56,24 +54,14 @@ class CoreShare:
         except AttributeError:
             return os.cpu_count() or 1
 
-    def first(self) -> int:
-        """The count for the prompt: looks at the next FIRST_WINDOW_S seconds."""
-        if not self.fixed:
-            time.sleep(FIRST_WINDOW_S)
-            self.update(min_window_s=0)
-        return self.current
-
-    def update(self, min_window_s: float = WINDOW_S) -> int | None:
-        """The new count when it changed since the last call (and at least `min_window_s` has passed), else None."""
-        if self.fixed:
-            return None
+    def threads(self, min_window_s: float = WINDOW_S) -> int:
+        """The count for now: looked at again when `min_window_s` or more has passed since the last look."""
+        if self.last is None:
+            return self.current
         now = _others_cpu()
         if now is None or now[1] - self.last[1] < max(min_window_s, 1e-3):
-            return None
+            return self.current
         busy = max(0.0, (now[0] - self.last[0]) / (now[1] - self.last[1]))
         self.last = now
-        threads = min(self.limit, free_cores(busy, self.cores))
-        if threads == self.current:
-            return None
-        self.current = threads
-        return threads
+        self.current = min(self.limit, free_cores(busy, self.cores))
+        return self.current
