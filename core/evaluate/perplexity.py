@@ -102,10 +102,13 @@ def gguf_perplexity(gguf_path: str | Path, conversations: list[list[dict]], max_
     from core.inference.chat_tokens import protect, tokenize_protected
     from core.inference.engine import cpu_threads
     from core.inference.engine_gguf import _control_tokens
+    from core.inference.threads import FIRST_WINDOW_S, CoreShare
 
     started = time.perf_counter()
+    threads = cpu_threads()
     llm = Llama(str(gguf_path), lora_path=str(lora) if lora else None, n_ctx=max_tokens, n_batch=max_tokens,
-                logits_all=True, n_threads=cpu_threads(), verbose=False)
+                logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
+    share = CoreShare(threads)  # the cores other processes leave free, looked at before each conversation
     nll_sum, tokens = 0.0, 0
     specials = _control_tokens(llm)
 
@@ -119,6 +122,8 @@ def gguf_perplexity(gguf_path: str | Path, conversations: list[list[dict]], max_
             if len(ids) < 2:
                 continue
             llm.reset()
+            n = share.threads(FIRST_WINDOW_S)
+            llm._ctx.set_n_threads(n, n)
             llm.eval(ids)
             logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
             logits -= logits.max(axis=1, keepdims=True)

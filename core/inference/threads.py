@@ -45,7 +45,8 @@ class CoreShare:
     def __init__(self, limit: int):
         self.limit = self.current = limit
         self.cores = self._cores()
-        self.last = _others_cpu() if limit > 1 else None
+        fixed = limit <= 1 or os.environ.get("IRIS_CHAT_THREADS")
+        self.last = None if fixed else _others_cpu()
 
     @staticmethod
     def _cores() -> int:
