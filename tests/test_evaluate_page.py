@@ -182,3 +182,17 @@ def test_blind_scoring_shows_the_answer_as_written_not_as_markdown():
     [(kind, body, _)] = segments(text)
     assert kind == "text" and body in [m.value for m in at.markdown]
     assert not [i.body for i in at.info if "2*17" in i.body]
+
+
+def test_a_new_question_set_keeps_its_typed_questions_when_it_is_named_afterwards():
+    """Walked: pick "(new set)", type the questions, then change "New set name": the editor was keyed by that name,
+    so renaming swapped in a fresh editor with the starter text and the typed questions were gone."""
+    at = _app().run()
+    at.selectbox(key="qs_pick").set_value("(new set)").run()
+    typed = "questions:\n  - id: geo1\n    question: What is the capital of Peru?\n    reference: Lima\n"
+    next(t for t in at.text_area if t.label.startswith("my_questions.yaml")).set_value(typed).run()
+    next(t for t in at.text_input if t.label == "New set name").set_value("geography").run()
+    assert next(t for t in at.text_area if t.label.startswith("geography.yaml")).value == typed
+    _button(at, "Save question set").click().run()
+    assert not at.exception and any("Saved 1 questions" in s.value for s in at.success)
+    assert questions.load_set("geography").questions[0].question == "What is the capital of Peru?"
