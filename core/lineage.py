@@ -55,14 +55,10 @@ def graph_edges(s: dict | None = None) -> list[tuple[str, str]]:
     """(from, to) edges with typed node names: 'source:x' → 'dataset:v' → 'run:r' → 'export:e'."""
     s = s or summary()
     edges = []
-    for m in s["datasets"]:
-        parent = m.get("parent") or {}
-        if parent.get("version"):
-            edges.append((f"dataset:{parent['version']}", f"dataset:{m['name']}"))
-        for v in parent.get("versions", []) or []:
-            edges.append((f"dataset:{v}", f"dataset:{m['name']}"))
-        if parent.get("source"):
-            edges.append((f"source:{parent['source']}", f"dataset:{m['name']}"))
+    for m in s["datasets"]:  # every parent the tables name, so an Augment mixture of a file and generated rows
+        # is drawn too (only versions and sources were, and Home said "Nothing yet" beside a listed version)
+        edges += [(f"{kind}:{Path(name).name if kind == 'file' else name}", f"dataset:{m['name']}")
+                  for kind, name in parents(m)]
     for r in s["runs"]:
         if r["base_model"]:
             edges.append((f"model:{r['base_model']}", f"run:{r['run']}"))

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import versions
 from core.config import to_yaml
-from core.data import augment
+from core.data import augment, store
 from core.data.generate import HUMAN_EVAL, MATH_LOGIC_500, generator_names, specs_at_level
 from core.data.view import save_upload
 from core.errors import IrisError
@@ -111,10 +111,15 @@ if len(col):
 st.info(f"**Rows per source:** {augment.resolution(mix)}")
 st.caption(f"{len(mix.train)} train rows" + (f" + {len(mix.eval)} eval rows" if mix.eval is not None else ""))
 
-name = st.text_input("New version name", key="name", placeholder="finetome-plus-math")
-if st.button("Save version", key="save", disabled=not name.strip()):
+name = st.text_input("New version name", key="name", placeholder="finetome-plus-math").strip()
+if problem := name and store.name_problem(name):
+    st.error(problem)  # a taken or unusable name is refused at once
+# Never disabled: a name typed and Save clicked straight after arrive together, and a disabled Save lost that click.
+if st.button("Save version", key="save") and not problem:
     try:
-        manifest = augment.save(mix, name.strip())
+        if not name:
+            raise IrisError("the new version needs a name: type one above, e.g. finetome-plus-math.")
+        manifest = augment.save(mix, name)
         st.success(f"Saved **{manifest['name']}** ({manifest['rows']['train']} train / {manifest['rows']['eval']} "
                    "eval rows): pick it on the Train page.")
     except IrisError as err:

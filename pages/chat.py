@@ -128,5 +128,5 @@ with tab_chat:
         ss.transcript = transcripts.save_chat(model_id, system, settings, ss.messages, ss.transcript)
         st.rerun()  # draw the finished chat as a reload would: no Stop button, input at the bottom, loaded models
 
-with tab_compare:
-    chat_ui.compare_tab(models, system, settings, engines())
+with tab_compare:  # its "custom" column is the Custom settings sliders, whichever preset the chat itself uses
+    chat_ui.compare_tab(models, system, inference.DecodingSettings(**custom), engines())

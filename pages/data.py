@@ -126,7 +126,9 @@ with recipe_tab:
     taken = store.name_problem(name)
     if taken:
         st.error(taken)
-    if st.button(f"Save {int(result.kept.sum()):,} rows as a version", type="primary", disabled=bool(taken)):
+    # Never disabled: a corrected name and the click on Save arrive together (the click blurs the field), and a
+    # Save disabled by the old name lost that click. A taken name is refused by the error above.
+    if st.button(f"Save {int(result.kept.sum()):,} rows as a version", type="primary") and not taken:
         try:
             path = store.save_filtered(result, recipe, name, parent, eval_fraction=fraction)
             st.success(f"Saved version {name} → {path}")

@@ -26,7 +26,8 @@ with t_questions:
     fmt = "jsonl" if path is not None and path.suffix == ".jsonl" else "yaml"
     starter = "questions:\n  - id: q1\n    question: ...\n    reference: ...\n"
     text = st.text_area(f"{name}.{fmt} (each question needs id, question, reference)",
-                        starter if path is None else path.read_text(encoding="utf-8"), height=320, key=f"qs_text_{name}")
+                        starter if path is None else path.read_text(encoding="utf-8"), height=320,
+                        key=f"qs_text_{st.session_state.qs_pick}")  # the pick, not the name: renaming keeps the text
     if st.button("Save question set", key="qs_save"):
         try:
             saved = questions.save_set(name, text, fmt)

@@ -85,3 +85,22 @@ def test_share_mode_with_total_zero_says_what_the_shares_resolve_to():
     said = " ".join(i.value for i in at.info)
     assert "base: 8 of 12 rows (share 0.5)" in said and "generated: 8 of 8 rows (share 0.5)" in said
     assert "generated's 8 rows at share 0.5 limit it" in said
+
+
+def test_save_is_never_disabled_an_empty_name_says_so_and_a_taken_one_is_refused_at_once():
+    """A user types a name and clicks Save straight away: the click must count. With Save disabled until the
+    name arrived, the click that also committed the name was lost and nothing was saved."""
+    _base_version()
+    at = _pick(AppTest.from_file(PAGE, default_timeout=180).run())
+    at.button(key="preview").click().run()
+    assert not at.exception and not at.error
+    assert not at.button(key="save").disabled
+    at.button(key="save").click().run()
+    assert [e.value for e in at.error] == ["the new version needs a name: type one above, e.g. finetome-plus-math."]
+    at.text_input(key="name").set_value("base").run()
+    assert [e.value for e in at.error] == [
+        "dataset version 'base' already exists (versions are immutable): choose another name."]
+    at.text_input(key="name").set_value("base-mix")
+    at.button(key="save").click().run()  # the name and the click in one rerun, as the browser sends them
+    assert not at.error and "Saved **base-mix**" in at.success[0].value
+    assert sorted(m["name"] for m in versions.list_versions()) == ["base", "base-mix"]

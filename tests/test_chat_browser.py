@@ -130,3 +130,24 @@ def test_chat_in_chromium_reopen_markdown_stop_and_two_sessions(home_with_model)
         expect(a.get_by_test_id("stChatMessage").first).to_contain_text("Write a long poem about the sea.")
         expect(a.get_by_test_id("stChatMessage").nth(1)).to_contain_text("⚠ stopped")
         browser.close()
+
+
+def test_serve_panel_messages_outlive_its_redraw(iris_home):
+    """The Serve panel redraws every 3 s; a refused Start (0.0.0.0 without a key) drew its sentence once, and in
+    Chromium the user never saw it. It now stays until the next Start."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_app(iris_home, set_up=False) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        page.set_default_timeout(180_000)
+        _open_chat(page, url)
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_text("Serve (OpenAI API)").click()
+        pick_option(sidebar, "Listen on", "0.0.0.0")
+        _button(sidebar, "Start server").click()
+        refused = sidebar.get_by_text(re.compile("serving on 0.0.0.0 lets other machines use your models"))
+        expect(refused).to_be_visible(timeout=20_000)
+        time.sleep(7)  # s: two of the panel's 3 s redraws
+        expect(refused).to_be_visible(timeout=1_000)
+        browser.close()

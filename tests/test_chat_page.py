@@ -74,6 +74,25 @@ def test_compare_grid_blind_vote(home_with_model, caplog):
     assert "use_container_width" not in caplog.text and not at.warning
 
 
+def test_compare_custom_column_uses_the_custom_sliders_whatever_the_chat_preset():
+    """Compare's "custom" column is what the Custom settings sliders say, also while the chat itself uses A (it
+    used to be preset A's values, so "A" and "custom" wrote the same answer)."""
+    at = _page()
+    assert at.sidebar.radio(key="preset").value == "A"
+    next(n for n in at.sidebar.number_input if n.label == "max new tokens").set_value(3)
+    next(s for s in at.sidebar.slider if s.label == "temperature").set_value(1.3).run()
+    at.multiselect(key="cmp_models").set_value(["smollm2-135m-instruct"])
+    at.multiselect(key="cmp_settings").set_value(["A", "custom"])
+    at.text_area(key="cmp_prompt").set_value(QUESTION)
+    next(b for b in at.button if b.label == "Send to grid").click().run()
+    assert not at.exception and not at.error
+    [path] = list(transcripts_dir().glob("*compare*.json"))
+    cells = {c["setting"]: c for c in json.loads(path.read_text())["cells"]}
+    assert (cells["custom"]["settings"]["max_new_tokens"], cells["custom"]["settings"]["temperature"]) == (3, 1.3)
+    assert cells["custom"]["stats"]["completion_tokens"] <= 3
+    assert cells["A"]["settings"]["temperature"] == 0.2
+
+
 def test_bad_inputs_show_one_message_and_the_page_keeps_working():
     bad = exports_dir() / "broken"
     bad.mkdir(parents=True)

@@ -51,7 +51,7 @@ def test_blind_scoring_saves_scores_for_the_answer_shown_and_results_render():
     fake_answers(plan_dir("lab"))
     at = _app().run()
     assert not at.exception
-    shown = next(i.body for i in at.info if i.body.startswith("answer by "))
+    shown = _shown(at)
     assert "Answer" in next(m.value for m in at.markdown if "model hidden" in m.value)
     at.text_input(key="rater").set_value("ana").run()
     for label, value in zip(["Correctness", "Clarity", "Examples", "Pedagogy"], [5, 4, 3, 2]):
@@ -64,7 +64,7 @@ def test_blind_scoring_saves_scores_for_the_answer_shown_and_results_render():
     assert answer["text"] == shown and answer["question_id"] == "q1-operator"
     assert (score["total"], score["rater"], score["notes"]) == (14, "ana", "clear, one example missing")
     # The next answer shown is another model's answer to the same question.
-    nxt = next(i.body for i in at.info if i.body.startswith("answer by "))
+    nxt = _shown(at)
     assert nxt != shown and nxt.endswith("q1-operator")
     # Results: the table has the score under the right model, and the CSV is offered.
     table = at.dataframe[0].value.set_index("model")
@@ -77,7 +77,8 @@ def _progress_text(at: AppTest) -> str:
 
 
 def _shown(at: AppTest) -> str:
-    return next(i.body for i in at.info if i.body.startswith("answer by "))
+    """The answer on screen, read back as text (it is shown escaped, so Markdown cannot change it)."""
+    return next(m.value for m in at.markdown if m.value.startswith("answer by ")).replace("\\", "")
 
 
 def _score(at: AppTest, points: int) -> None:
@@ -161,3 +162,37 @@ def test_save_and_run_shows_the_new_plans_progress_not_the_previous_one():
         assert not any(t.startswith("completed: 5/5") for t in texts), texts
     finally:
         jobs.kill(plan_dir("zz-newer"))
+
+
+def test_blind_scoring_shows_the_answer_as_written_not_as_markdown():
+    """A model's `2*17 + 3*5`, `**kwargs` and `# ...` reach the rater as written (st.info rendered them as
+    Markdown: italics, bold, a heading), so the rater scores the text the model wrote."""
+    import json
+
+    from core.chat.display import segments
+    from core.evaluate.answers import ANSWERS
+
+    save_plan(EvalPlan(name="md", models=["m-small"]))
+    fake_answers(plan_dir("md"), models=("m-small",))
+    text = "84 = 2*17 + 3*5, then f(**kwargs)\n# not a heading"
+    lines = [json.loads(line) for line in (plan_dir("md") / ANSWERS).read_text().splitlines()]
+    (plan_dir("md") / ANSWERS).write_text("".join(json.dumps({**a, "text": text}) + "\n" for a in lines))
+    at = _app().run()
+    assert not at.exception
+    [(kind, body, _)] = segments(text)
+    assert kind == "text" and body in [m.value for m in at.markdown]
+    assert not [i.body for i in at.info if "2*17" in i.body]
+
+
+def test_a_new_question_set_keeps_its_typed_questions_when_it_is_named_afterwards():
+    """Walked: pick "(new set)", type the questions, then change "New set name": the editor was keyed by that name,
+    so renaming swapped in a fresh editor with the starter text and the typed questions were gone."""
+    at = _app().run()
+    at.selectbox(key="qs_pick").set_value("(new set)").run()
+    typed = "questions:\n  - id: geo1\n    question: What is the capital of Peru?\n    reference: Lima\n"
+    next(t for t in at.text_area if t.label.startswith("my_questions.yaml")).set_value(typed).run()
+    next(t for t in at.text_input if t.label == "New set name").set_value("geography").run()
+    assert next(t for t in at.text_area if t.label.startswith("geography.yaml")).value == typed
+    _button(at, "Save question set").click().run()
+    assert not at.exception and any("Saved 1 questions" in s.value for s in at.success)
+    assert questions.load_set("geography").questions[0].question == "What is the capital of Peru?"

@@ -39,6 +39,23 @@ def test_lineage_from_column_names_and_links_the_parents():
     assert "bundled:finetome_sample.jsonl (source)" in table
 
 
+def test_lineage_draws_an_augment_mixture_of_a_file_and_generated_rows():
+    """Walked: Augment saved the bundled sample + gcd rows as a version; Home listed it under Dataset versions but
+    the Lineage said "Nothing yet" (its parents are files and generated rows, which drew no edge)."""
+    import pandas as pd
+
+    rows = pd.DataFrame({"messages": [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]})
+    versions.save("mix", rows, kind="augment", parent={
+        "versions": [], "files": ["/somewhere/uploads/my.jsonl"], "hub": ["org/data"],
+        "generated": [{"source": "generated", "seed": 0, "generators": [{"name": "gcd", "count": 5}]}]})
+    at = AppTest.from_file("../streamlit_app.py", default_timeout=60).run()
+    assert not at.exception
+    assert not any("Nothing yet" in i.value for i in at.info)
+    [chart] = at.get("graphviz_chart")
+    for parent in ("file:my.jsonl", "hub:org/data", "generated:generated"):
+        assert f'"{parent}" -> "dataset:mix";' in chart.proto.spec
+
+
 def test_a_version_link_opens_it_on_the_data_page():
     import pandas as pd
 

@@ -11,6 +11,7 @@ from core.errors import IrisError
 from core.evaluate import judge, questions, scoring
 from core.evaluate.answers import read_answers
 from core.evaluate.plan import load_plan, plan_dir
+from ui.text import show_text
 
 
 def live(view, plan: str, *args) -> None:
@@ -65,7 +66,8 @@ def score_view(pick: str, rater: str) -> None:
     same_q = [a["answer_id"] for a in order if a["question_id"] == q.id]
     st.markdown(f"**Answer {same_q.index(aid) + 1} of {len(same_q)}** (model hidden)"
                 + (f" · ✓ you scored it {earlier['total']}/20" if earlier else ""))
-    st.info(ans["text"] or "(empty answer)")
+    with st.container(border=True):  # the model's text as written: `2*17` and `**kwargs` are not Markdown
+        show_text(ans["text"], empty="*(empty answer)*")
     with st.form(f"score_{aid}"):
         values = {c: st.slider(c.capitalize(), 1, 5, int(earlier[c]) if earlier else 3, help=scoring.CRITERIA_HELP[c])
                   for c in scoring.CRITERIA}

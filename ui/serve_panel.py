@@ -51,17 +51,25 @@ def serve_panel(model_id: str) -> None:
                                 help="127.0.0.1: this machine only · 0.0.0.0: every network interface")
             key = st.text_input("API key (optional)", type="password", key="serve_key")
             if st.button("Start server", key="serve_start"):
+                st.session_state.pop("serve_refused", None)
                 try:
                     serve.launch(serve.ServeConfig(models=[model_id], host=host, port=port), api_key=key or None)
                     st.toast("Starting the API server…")
                 except IrisError as err:
-                    st.error(str(err))
+                    # kept in the session, not drawn once: in the browser the run that drew it was replaced by
+                    # the panel's 3 s redraw, and a refused Start showed nothing at all
+                    st.session_state["serve_refused"] = str(err)
+            if refused := st.session_state.get("serve_refused"):
+                st.error(refused)
         folder = st.text_input("Bundle folder", str(serve.serve_dir() / "bundles" / model_id.replace("/", "_")
                                                      .replace(":", "_")), key="serve_bundle_dir")
         hub_id = st.text_input("Hub repo holding the GGUF (optional)", key="serve_hub_id",
                                help="Leave empty to copy the GGUF into the bundle.")
         if st.button("Deploy bundle", key="serve_bundle"):
-            try:
-                st.success(f"Bundle written to {serve.write_bundle(model_id, Path(folder), hub_id=hub_id.strip())}")
+            try:  # kept in the session like a refused Start: the 3 s redraw would wipe a message drawn once
+                written = serve.write_bundle(model_id, Path(folder), hub_id=hub_id.strip())
+                st.session_state["serve_bundle_said"] = ("success", f"Bundle written to {written}")
             except IrisError as err:
-                st.error(str(err))
+                st.session_state["serve_bundle_said"] = ("error", str(err))
+        if said := st.session_state.get("serve_bundle_said"):
+            (st.success if said[0] == "success" else st.error)(said[1])
