@@ -109,8 +109,8 @@ def check_exposure(host: str, api_key: str | None) -> None:
     from core.access import is_loopback
 
     if not is_loopback(host) and not api_key:
-        raise IrisError(f"serving on {host} lets other machines use your models: give --api-key KEY (or set "
-                        f"{KEY_ENV}), or serve on 127.0.0.1.")
+        raise IrisError(f"serving on {host} lets other machines use your models: give an API key (the panel's "
+                        f"API key field, --api-key KEY or {KEY_ENV}), or serve on 127.0.0.1.")
 
 
 def launch(cfg: ServeConfig, api_key: str | None = None) -> Path:
