@@ -123,18 +123,26 @@ def test_streamed_quant_of_a_growing_file_is_llama_cpps_own(untied_f16, tmp_path
     assert _sha(streamed["path"]) == _llama_cpp_quantize(untied_f16, tmp_path / f"ref-{quant}.gguf", quant)
 
 
+def _streamed_then_quantized(f16: Path, tmp_path: Path) -> tuple[dict, Path]:
+    """q4_k_m streamed from a finished f16, then the export's quantize step given llama.cpp's dry-run plan."""
+    from core.export import convert, gguf, stream_quant
+
+    done = threading.Event()
+    done.set()
+    pre = stream_quant.follow(f16, tmp_path / "pre.gguf", "q4_k_m", 1, done)
+    out = gguf.quantize(f16, tmp_path / "out.gguf", "q4_k_m", 1,
+                        {**pre, "quant": "q4_k_m", "planned": convert.planned_types(f16, "q4_k_m")})
+    return pre, out
+
+
 def test_the_f16_order_file_goes_through_llama_cpps_pass(untied_f16, tmp_path, monkeypatch, capsys):
     """A model with a tensor whose type is not reproduced here is streamed in the f16's order, and llama.cpp's
     quantize makes the real file from it, copying the tensors that already have their type."""
-    from core.export import convert, gguf, stream_quant
+    from core.export import stream_quant
 
     monkeypatch.setattr(stream_quant, "final_types", lambda *a: None)
-    done = threading.Event()
-    done.set()
-    pre = stream_quant.follow(untied_f16, tmp_path / "pre.gguf", "q4_k_m", 1, done)
+    pre, out = _streamed_then_quantized(untied_f16, tmp_path)
     assert pre["final"] is False
-    out = gguf.quantize(untied_f16, tmp_path / "out.gguf", "q4_k_m", 1,
-                        {**pre, "quant": "q4_k_m", "planned": convert.planned_types(untied_f16, "q4_k_m")})
     assert "tensors were quantized while converting; llama.cpp's pass copied them" in capsys.readouterr().out
     assert not pre["path"].exists()
     assert _sha(out) == _llama_cpp_quantize(untied_f16, tmp_path / "ref.gguf", "q4_k_m")
@@ -145,19 +153,15 @@ def test_a_wrong_streamed_type_is_refused_and_quantized_from_the_f16(untied_f16,
     """The safety net: a streamed type that differs from llama.cpp's dry-run plan is not kept (and in the
     f16's order, llama.cpp will not re-quantize a tensor whose type differs from its own choice), so the export
     quantizes from the f16 and the bytes stay llama.cpp's."""
-    from core.export import convert, gguf, stream_quant
+    from core.export import stream_quant
 
     right = stream_quant.target_types
     monkeypatch.setattr(stream_quant, "target_types",
                         lambda *a: {**right(*a), "blk.0.attn_q.weight": stream_quant.Q8_0})  # llama.cpp: q4_K
     if not final:
         monkeypatch.setattr(stream_quant, "final_types", lambda *a: None)
-    done = threading.Event()
-    done.set()
-    pre = stream_quant.follow(untied_f16, tmp_path / "pre.gguf", "q4_k_m", 1, done)
+    pre, out = _streamed_then_quantized(untied_f16, tmp_path)
     assert pre["final"] is final
-    out = gguf.quantize(untied_f16, tmp_path / "out.gguf", "q4_k_m", 1,
-                        {**pre, "quant": "q4_k_m", "planned": convert.planned_types(untied_f16, "q4_k_m")})
     log = capsys.readouterr().out
     assert "the streamed tensors were refused" in log
     if final:

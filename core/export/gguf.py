@@ -188,10 +188,11 @@ def quantize(f16: Path, out: Path, quant: str, threads: int, streamed: dict | No
     if streamed and streamed["quant"] == quant:
         try:
             if streamed["final"]:
-                differ = sorted(n for n, t in streamed["types"].items() if (streamed.get("planned") or {}).get(n) != t)
+                planned = streamed.get("planned") or {}
+                differ = sorted(n for n, t in streamed["types"].items() if planned.get(n) != t)
                 if differ:
                     raise IrisError(f"{len(differ)} tensors differ from llama.cpp's plan, first {differ[0]}: "
-                                    f"{streamed['types'][differ[0]]} vs {(streamed.get('planned') or {}).get(differ[0])}")
+                                    f"{streamed['types'][differ[0]]} vs {planned.get(differ[0])}")
                 os.replace(streamed["path"], out)
                 how = "into the final file, every tensor of the type llama.cpp's quantize gives it"
             else:

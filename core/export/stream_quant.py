@@ -139,12 +139,8 @@ def target_types(kv: dict, tensors: list[TensorInfo], quant: str) -> dict[str, i
     def more_bits(i: int, n: int) -> bool:
         return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
-    def layer(name: str) -> int:
-        m = re.match(r"blk\.(\d+)\.", name)
-        return int(m.group(1)) if m else -1
-
     out, i_attn_v, i_ffn_down = {}, 0, 0
-    for t in sorted(tensors, key=lambda t: (layer(t.name), t.name)):  # llama.cpp's weights_map order
+    for t in llama_order(tensors):  # use_more_bits counts attn_v / ffn_down in this order
         if len(t.dims) != 2 or t.dims[1] == 1:  # 1-D (norms) are never quantized; 3-D (experts) not here
             continue
         new = default

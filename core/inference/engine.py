@@ -45,12 +45,11 @@ _DONE = object()  # end of a stream's pieces
 
 def cpu_threads() -> int:
     """Threads for generation: the cores this process may run on (IRIS_CHAT_THREADS overrides)."""
+    from core.inference.threads import usable_cores
+
     if os.environ.get("IRIS_CHAT_THREADS"):
         return max(1, int(os.environ["IRIS_CHAT_THREADS"]))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    return max(1, usable_cores())
 
 
 def available_ram_bytes() -> int:

@@ -17,7 +17,6 @@ prompt's tokens or to plain tokenisation, which is always correct.
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,8 +206,7 @@ class GGUFEngine(Engine):
         stream.stats.cached_tokens = self._cached_prefix(tokens) if self.llm.n_tokens else 0
         limit = min(int(settings.max_new_tokens), self.n_ctx - len(tokens))
         self.llm.set_seed(int(settings.seed))
-        fixed = bool(os.environ.get("IRIS_CHAT_THREADS"))  # read per answer: a benchmark switches it
-        self._use_threads(self.threads if fixed else self._share.threads(FIRST_WINDOW_S))
+        self._use_threads(self._share.threads(FIRST_WINDOW_S))
         gen = self.llm.generate(tokens, top_k=int(settings.top_k), top_p=float(settings.top_p), min_p=0.0,
                                 temp=float(settings.temperature), repeat_penalty=float(settings.repeat_penalty))
         vocab = self.llm._model.vocab
@@ -218,8 +216,7 @@ class GGUFEngine(Engine):
                     self.last_finish = "stop"
                     return
                 self._out.append(tok)
-                if not fixed:
-                    self._use_threads(self._share.threads())
+                self._use_threads(self._share.threads())
                 yield self.llm.detokenize([tok])
                 if len(self._out) >= limit:
                     self.last_finish = "length"

@@ -33,6 +33,14 @@ def _others_cpu() -> tuple[float, float] | None:
     return busy / os.sysconf("SC_CLK_TCK") - (own.user + own.system), time.monotonic()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def free_cores(busy_others: float, cores: int) -> int:
     """Cores left when other processes keep `busy_others` cores' worth busy; at least 1."""
     return max(1, cores - math.floor(busy_others + (1 - BUSY_FROM)))
@@ -44,21 +52,14 @@ class CoreShare:
 
     def __init__(self, limit: int):
         self.limit = self.current = limit
-        self.cores = self._cores()
-        fixed = limit <= 1 or os.environ.get("IRIS_CHAT_THREADS")
-        self.last = None if fixed else _others_cpu()
-
-    @staticmethod
-    def _cores() -> int:
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:
-            return os.cpu_count() or 1
+        self.cores = usable_cores()
+        self.last = None if limit <= 1 else _others_cpu()
 
     def threads(self, min_window_s: float = WINDOW_S) -> int:
-        """The count for now: looked at again when `min_window_s` or more has passed since the last look."""
-        if self.last is None:
-            return self.current
+        """The count for now: looked at again when `min_window_s` or more has passed since the last look; `limit`
+        while IRIS_CHAT_THREADS fixes it (read at each call: a benchmark switches it)."""
+        if self.last is None or os.environ.get("IRIS_CHAT_THREADS"):
+            return self.limit
         now = _others_cpu()
         if now is None or now[1] - self.last[1] < max(min_window_s, 1e-3):
             return self.current
