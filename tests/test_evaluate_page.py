@@ -184,6 +184,32 @@ def test_blind_scoring_shows_the_answer_as_written_not_as_markdown():
     assert not [i.body for i in at.info if "2*17" in i.body]
 
 
+def test_blind_scoring_shows_the_question_and_reference_as_written():
+    """Walked: a question set's "What is 2*17? Show it as 2*17 = ?" showed as "What is 217? Show it as 217 = ?" with
+    the middle in italics (the question went into a Markdown line), and the reference through st.write likewise."""
+    from core.chat.display import segments
+    from core.evaluate.answers import ANSWERS
+    from core.evaluate.plan import Cell
+    from core.paths import append_jsonl
+
+    question, reference = "What is 2*17? Show it as 2*17 = ?", "2*17 = 34, and f(**kwargs) is fine"
+    questions.save_set("mdq", f"questions:\n  - id: q1\n    question: {question!r}\n    reference: {reference!r}\n")
+    save_plan(EvalPlan(name="mdq", models=["m-small"], question_set="mdq"))
+    cell = Cell("m-small", "A", "q1")
+    append_jsonl(plan_dir("mdq") / ANSWERS, {
+        "answer_id": cell.answer_id, "key": cell.key, "plan": "mdq", "model": "m-small", "model_label": "M",
+        "model_kind": "gguf", "model_path": "/x/m.gguf", "file_bytes": 2**20, "lineage": {}, "setting": "A",
+        "settings": {"temperature": 0.2}, "question_id": "q1", "question": question, "text": "34", "words": 1,
+        "completion_tokens": 2, "gen_tok_s": 30.0, "rss_mb": 400.0})
+    at = _app().run()
+    assert not at.exception
+    shown = [m.value for m in at.markdown]
+    for text in (question, reference):
+        [(kind, body, _)] = segments(text)
+        assert kind == "text" and body in shown, text
+    assert not [v for v in shown if "2*17?" in v]  # never the raw text, where the asterisks become italics
+
+
 def test_a_new_question_set_keeps_its_typed_questions_when_it_is_named_afterwards():
     """Walked: pick "(new set)", type the questions, then change "New set name": the editor was keyed by that name,
     so renaming swapped in a fresh editor with the starter text and the typed questions were gone."""

@@ -61,7 +61,8 @@ def score_view(pick: str, rater: str) -> None:
     aid = st.selectbox("Answer", ids, format_func=labels.get, key="score_answer")
     ans = next(a for a in order if a["answer_id"] == aid)
     q = qset.get(ans["question_id"])
-    st.markdown(f"**Question {[x.id for x in qset.questions].index(q.id) + 1} of {len(qset.questions)}:** {q.question}")
+    st.markdown(f"**Question {[x.id for x in qset.questions].index(q.id) + 1} of {len(qset.questions)}:**")
+    show_text(q.question)  # as written: a question about `2*17` or `**kwargs` is not Markdown either
     earlier = mine.get(aid)
     same_q = [a["answer_id"] for a in order if a["question_id"] == q.id]
     st.markdown(f"**Answer {same_q.index(aid) + 1} of {len(same_q)}** (model hidden)"
@@ -83,7 +84,7 @@ def score_view(pick: str, rater: str) -> None:
             except IrisError as err:
                 st.error(str(err))
     with st.expander("Reference answer (look after scoring)"):
-        st.write(q.reference)
+        show_text(q.reference)
 
 
 def metric_notes(status: dict) -> None:
