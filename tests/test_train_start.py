@@ -1,6 +1,7 @@
 """Launch → step 1 quickly: a run tokenises only the rows it reads, caches them, and the order stays the seed's."""
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -35,6 +36,7 @@ def test_runs_tokenise_only_what_they_read_then_use_the_cache_and_resume_in_plac
     save_yaml(cfg, runs.run_path("first") / runs.CONFIG)  # as lora.start writes it, then jobs.launch marks the Launch
     jobs.update_status(runs.run_path("first"), started=time.time())
     first = lora.main(cfg)
+    assert gc.get_freeze_count() == 0  # the run froze what lived before step 1, and let it go at the end
     status = jobs.read_status(first)
     # when each phase began, from Launch, in order (the bench's per-phase table reads these)
     times = status["phase_times"]
@@ -82,6 +84,65 @@ def test_streamed_rows_equal_fully_tokenised_rows_and_come_from_the_cache(tiny_l
     assert tok.decode([t for t in row["labels"] if t != -100]).startswith("3 plus 3")
     other = RowSource("toy", "train", tok, 32, True)  # another max length is another cache entry
     assert other.cache.get(other.keep[0]) is None
+
+
+def test_a_fully_tokenised_version_opens_without_reading_its_tokens_or_hashing_them(tiny_llama3_dir):
+    """A run on a version tokenised in full spent ~4 s before step 1 reading every cached token table and
+    pickling them (the streaming dataset's transform held them, and datasets fingerprints a transform by
+    pickling it). Now the cache opens on its row numbers, reads a part's tokens when a row of it is asked for,
+    and the transform pickles as its cache key."""
+    import copy
+    import pickle
+
+    from datasets.utils._dill import dumps
+    from transformers import AutoTokenizer
+
+    from core.errors import IrisError
+    from core.train import tokens
+    from core.train.backends import set_training_template
+    from core.train.tokens import RowSource
+
+    toy_version(rows=30, eval_rows=0)
+    tok = AutoTokenizer.from_pretrained(tiny_llama3_dir)
+    set_training_template(tok, True)
+    first = RowSource("toy", "train", tok, 24, True)
+    small = len(dumps(first.streaming_dataset().format["format_kwargs"]["transform"]))
+    for i in range(30):
+        first.encode(i)
+        if i % 10 == 9:
+            first.cache.flush()  # three part files
+    full = first.full_dataset()
+
+    again = RowSource("toy", "train", tok, 24, True)
+    assert len(again.cache) == 30 and len(again.cache.parts) == 3
+    assert all(part is not None for part in again.cache.parts)  # no part's tokens read yet
+    streamed = again.streaming_dataset()
+    transform = streamed.format["format_kwargs"]["transform"]
+    assert len(dumps(transform)) == small < 300  # what datasets hashes: the key, whatever the cache holds
+    assert streamed[12] == full[12] and again.cache.tokenised == 0
+    assert sum(part is None for part in again.cache.parts) == 1  # only the part holding row 12 was read
+    assert [copy.deepcopy(streamed)[i] for i in range(30)] == [full[i] for i in range(30)]
+    assert pickle.loads(pickle.dumps(transform)).source is again
+    tokens._SOURCES.clear()  # as in another process
+    with pytest.raises(IrisError, match="cannot be sent to another process"):
+        pickle.loads(pickle.dumps(transform))
+
+
+def test_the_tokenizer_fingerprint_follows_added_and_special_tokens(tiny_llama3_dir):
+    from transformers import AutoTokenizer
+
+    from core.train.tokens import tokenizer_fingerprint
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama3_dir)
+    before = tokenizer_fingerprint(tok)
+    assert tokenizer_fingerprint(tok) == before
+    tok.pad_token = "<|eot_id|>" if tok.pad_token != "<|eot_id|>" else "<|begin_of_text|>"
+    padded = tokenizer_fingerprint(tok)
+    assert padded != before
+    tok.add_tokens(["zqxjk-new-token"])
+    assert tokenizer_fingerprint(tok) not in (before, padded)
+    fresh = AutoTokenizer.from_pretrained(tiny_llama3_dir)
+    assert tokenizer_fingerprint(fresh) == before
 
 
 def test_the_progress_line_and_runs_table_show_the_phase_before_step_1(tiny_llama3_dir):
@@ -202,3 +263,52 @@ def test_launch_hands_the_run_to_a_warm_process(home_with_model, monkeypatch):
     assert list(status["phase_times"])[0] == "handing over to a warm process" and "step 1 done" in status["phase_times"]
     assert "was loaded while the process waited" in (run_dir / runs.LOG).read_text()
     assert not list(launch.warm_dir().glob(f"{pid}.*"))  # its marks are gone with it
+    assert f"warm process {pid}: kernels warm" in (launch.warm_dir() / "warm.log").read_text()
+
+
+def test_a_cpu_training_process_keeps_the_memory_its_steps_free(monkeypatch):
+    """glibc silently ignores a tunable it does not know: the setting must really stop the page faults of a
+    step's worth of fresh tensors (~70k in every step of the CPU-quick preset, 0 with it)."""
+    import subprocess
+    import sys
+
+    from core.train.launch import KEEP_FREED_MEMORY, job_env
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert job_env() == {"GLIBC_TUNABLES": KEEP_FREED_MEMORY}  # this machine has no GPU
+    probe = ("import resource, torch\n"
+             "def step():\n"
+             "    # 80 MB of activations and an 80 MB logits tensor (beyond what glibc's own threshold keeps), freed\n"
+             "    kept = [torch.ones(1_000_000 + i) for i in range(20)] + [torch.ones(20_000_000)]\n"
+             "    return sum(float(t[0]) for t in kept)\n"
+             "step(), step()  # (glibc settles its reuse of the freed blocks over a few steps)\n"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+             "step()\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    faults = {}
+    for label, env in (("default", {}), ("kept", job_env())):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                             env={**os.environ, "GLIBC_TUNABLES": "", **env})
+        faults[label] = int(out.stdout.split()[-1])
+    assert faults["default"] > 10_000 and faults["kept"] < 1_000, faults  # 160 MB: ~40k pages of 4 KiB
+    own = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    out = subprocess.run([sys.executable, "-c", "from core.train.launch import job_env; print(job_env())"],
+                         capture_output=True, text=True, check=True, env=own, cwd=jobs.REPO_ROOT)
+    assert f"glibc.malloc.arena_max=2:{KEEP_FREED_MEMORY}" in out.stdout  # the user's own tunables stay
+
+
+def test_warming_the_kernels_leaves_the_preloaded_model_as_it_was(tiny_llama3_dir):
+    import torch
+
+    from core.train import backends
+
+    backends.preload(tiny_llama3_dir)
+    try:
+        (model, _), = backends._PRELOADED.values()
+        before = {n: (p.requires_grad, p.detach().clone()) for n, p in model.named_parameters()}
+        backends.warm_kernels(rows=2, tokens=16)
+        after = dict(model.named_parameters())
+        assert all(after[n].requires_grad == grad and torch.equal(after[n], w) for n, (grad, w) in before.items())
+        assert all(p.grad is None for p in after.values())
+    finally:
+        backends._PRELOADED.clear()

@@ -44,6 +44,24 @@ def torchrun_argv(args: list[str], per_host: int, hosts: int = 1, rank: int = 0,
             "-m", "core.train", *args]
 
 
+# glibc gives memory a CPU training step freed back to the kernel (large blocks unmapped, the heap's top trimmed)
+# and the next step faults it in again: ~70k page faults a step on SmolLM2's CPU-quick preset (0.3 s of system
+# time), ~480k in step 1. A training process reaches the same peak every step, so on CPU it keeps what it frees
+# (bytes: blocks under 1 GiB come from the heap, which is never trimmed); steady steps then fault nothing.
+KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=17179869184"
+
+
+def job_env() -> dict[str, str]:
+    """Environment a training process gets on this machine, besides the caller's: on CPU, KEEP_FREED_MEMORY
+    (read by glibc when the process starts; other C libraries ignore it)."""
+    from core.train.estimate import detect_device
+
+    if detect_device().kind != "cpu":
+        return {}
+    current = os.environ.get("GLIBC_TUNABLES")
+    return {"GLIBC_TUNABLES": f"{current}:{KEEP_FREED_MEMORY}" if current else KEEP_FREED_MEMORY}
+
+
 def launcher_argv(*args: str) -> tuple[list[str], int]:
     """(argv, processes) for this machine: alone, one DDP process per visible GPU, or IRIS_CPU_PROCESSES."""
     from core.train.estimate import detect_device
@@ -134,7 +152,7 @@ def warm_up() -> int | None:
         if jobs.pid_alive(int(mark.stem)):
             return None
         mark.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **job_env()}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(jobs.REPO_ROOT), env.get("PYTHONPATH")]))
     with open(folder / "warm.log", "ab") as log:
         proc = subprocess.Popen(jobs.python_module_argv("core.train", "--warm"), cwd=jobs.REPO_ROOT, stdout=log,
@@ -186,6 +204,7 @@ def serve_warm(idle_s: float = WARM_IDLE_S) -> list[str] | None:
     import importlib
 
     from core.paths import read_json
+    from core.train.backends import warm_kernels
 
     for module in WARM_MODULES:
         importlib.import_module(module)
@@ -193,6 +212,9 @@ def serve_warm(idle_s: float = WARM_IDLE_S) -> list[str] | None:
     folder, pid = warm_dir(), os.getpid()
     (folder / f"{pid}.ready").touch()
     (folder / f"{pid}.starting").unlink(missing_ok=True)
+    started = time.time()
+    warm_kernels()  # after "ready": a Launch meanwhile waits for its few seconds instead of starting a new Python
+    print(f"iris: warm process {pid}: kernels warm ({time.time() - started:.1f} s)", flush=True)
     request, deadline, grace = folder / f"{pid}.request.json", time.time() + idle_s, True
     while not request.exists():
         if time.time() > deadline:
