@@ -68,9 +68,12 @@ def test_the_gpu_estimate_follows_the_versions_length_distribution(tiny_llama3_d
     est_short = estimate(tiny_cfg(tiny_llama3_dir, dataset="short", **cfg), h200)
     est_long = estimate(tiny_cfg(tiny_llama3_dir, dataset="long", **cfg), h200)
     # real tokens per row differ ~16×; the estimate's training time follows the tokens, at the measured rate
-    startup = sum(est_short.parts["startup_s"].values())
-    ratio = (est_long.seconds - startup) / (est_short.seconds - startup)
+    ratio = ((est_long.seconds - sum(est_long.parts["startup_s"].values()))
+             / (est_short.seconds - sum(est_short.parts["startup_s"].values())))
     assert 12 < ratio < 20, ratio
+    # packing tokenises every whole conversation before step 1: that follows the characters too (~16×)
+    tokenising = est_long.parts["startup_s"]["tokenising"] / est_short.parts["startup_s"]["tokenising"]
+    assert 14 < tokenising < 19, tokenising
     assert est_short.parts["real_tokens_per_s"] > est_long.parts["real_tokens_per_s"] > 0  # longer rows: more attention
     assert any("real tokens/s" in n and "one epoch" in n for n in est_short.notes)
     assert est_short.parts["startup_s"]["tokenising"] > 0  # packing tokenises every row before step 1

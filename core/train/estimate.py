@@ -285,7 +285,7 @@ def estimate(cfg: TrainConfig, device: Device | None = None, rows: tuple[float, 
                      f"memory is per GPU, effective batch {cfg.effective_batch * processes}.")
     seconds = flops / rate
     if rows is not None:
-        seconds, timing = _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds)
+        seconds, timing = _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds, mean_tokens)
         mem.update(timing)
         notes.extend(timing.pop("notes", []))
     return Estimate(params, count_lora(arch, cfg), mem["total"], int(tokens_per_step), steps, seconds + eval_s,
@@ -324,7 +324,7 @@ def _blame(mem: dict, cfg: TrainConfig) -> str:
         "." if cfg.load_in_4bit else ", or load_in_4bit on a CUDA GPU.")
 
 
-def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds) -> tuple[float, dict]:
+def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds, mean_tokens) -> tuple[float, dict]:
     """Training time from bench/train_gpu.py's measured rates on this version's lengths (CUDA), plus the phases
     before step 1 (core.train.throughput owns both)."""
     from core import models
@@ -342,7 +342,8 @@ def _measured_seconds(cfg, arch, params, device, processes, n_rows, seconds) -> 
                             f"{_duration(got['epoch_seconds'])}.")
     ready = not models.is_embedded(cfg.base_model) or models.materialised_embedded() is not None
     startup = throughput.startup_seconds(cfg, device.kind, n_rows, ready, cached=False,
-                                         warm=warm.warm_ready(cfg.base_model) if processes == 1 else "")
+                                         warm=warm.warm_ready(cfg.base_model) if processes == 1 else "",
+                                         mean_tokens=mean_tokens)
     out["startup_s"] = startup
     return seconds + sum(startup.values()), out
 

@@ -101,16 +101,25 @@ def version_lengths(dataset: str, max_len: int, sample: int = 5000) -> list[int]
             for msgs in df["messages"].iloc[::step]]
 
 
-def startup_seconds(cfg, device_kind: str, rows: int, model_ready: bool, cached: bool, warm: str = "") -> dict:
+# Conversation tokens (estimated from characters, core.train.estimate.CHARS_PER_TOKEN) tokenised per second on one
+# core of this 2-core machine: a whole FineTome-shaped version (98,000 rows, mean 2,686 characters, SmolLM2's
+# tokenizer) took 444 s, 221 rows/s; 304 rows/s when quiet (75% of it in tokenizers' encode). Every row costs its
+# whole conversation, however much of it max_seq_length keeps. A GPU host's cores: ~2.3× (a guess, not measured).
+TOKENISED_PER_S = 180_000.0
+
+
+def startup_seconds(cfg, device_kind: str, rows: int, model_ready: bool, cached: bool, warm: str = "",
+                    mean_tokens: float = 750.0) -> dict:
     """Seconds before step 1, per phase: importing torch/transformers, preparing the embedded model once,
-    loading, and tokenising every row first when packing (rows already in the token cache cost nothing).
-    Measured on 2 busy cores: imports ~10 s, materialising SmolLM2 ~30 s, ~1,300 rows/s tokenised.
-    `warm`: "" (a new Python), "imports" (a warm process is ready: core.train.launch) or "model" (one that
-    has also loaded this run's base model): bench/train_start.py measures ~0.1 s and ~0.5 s for those phases."""
-    rate = 1300.0 if device_kind == "cpu" else 3000.0  # rows/s: one core of this machine / of a GPU host
+    loading, and tokenising every row first when packing (rows already in the token cache cost nothing;
+    `mean_tokens`: the version's mean conversation length). Measured on 2 busy cores: imports ~10 s,
+    materialising SmolLM2 ~30 s. `warm`: "" (a new Python), "imports" (a warm process is ready:
+    core.train.launch) or "model" (one that has also loaded this run's base model): bench/train_start.py
+    measures ~0.1 s and ~0.5 s for those phases."""
+    rate = TOKENISED_PER_S * (1.0 if device_kind == "cpu" else 2.3)
     return {"importing libraries": 0.0 if warm else 10.0, "preparing base model": 0.0 if model_ready else 30.0,
             "loading model": 0.5 if warm == "model" else 5.0,
-            "tokenising": 0.0 if (cached or not cfg.packing) else rows / rate}
+            "tokenising": 0.0 if (cached or not cfg.packing) else rows * mean_tokens / rate}
 
 
 def cuda_seconds(cfg, arch: dict, params: int, lengths: list[int], rows: int, processes: int,
