@@ -131,9 +131,11 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write `path` atomically (see write_json). The temporary file's name carries the writer's pid
+    (`.NAME.PID.RANDOM.tmp`), so what a killed writer left can be told from a live writer's (`writer_pid`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -144,6 +146,12 @@ def write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def writer_pid(tmp: Path) -> int | None:
+    """The writer's pid in a write_text temporary file's name (`.NAME.PID.RANDOM.tmp`), None for other files."""
+    parts = Path(tmp).name.split(".")  # ["", NAME..., PID, RANDOM, "tmp"]
+    return int(parts[-3]) if len(parts) >= 5 and parts[-1] == "tmp" and parts[-3].isdigit() else None
 
 
 def read_json(path: Path, default: Any = None) -> Any:

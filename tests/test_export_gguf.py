@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,29 @@ def test_kill_9_during_conversion_and_quantization_then_rerun(llama3_256):
     assert leftovers(folder) == [] and not list(folder.glob(".*"))
     assert sorted(p.name for p in folder.glob("*.gguf")) == ["kd-q4_k_m.gguf", "kd-q5_k_m.gguf", "kd-q8_0.gguf"]
     assert "removed what a died earlier attempt left: .work-" in (folder / jobs.LOG).read_text()
+
+
+def test_a_rerun_removes_a_status_write_a_kill_cut_short_but_not_a_live_one(tmp_path, monkeypatch):
+    """kill -9 between writing a status file's temporary copy and renaming it left `.status.json.*.tmp` in the
+    export for good (seen once in the suite); a live writer's copy (the launcher's, at the same moment) must stay."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from core import paths
+    from core.export.gguf import leftovers
+
+    prefixes = []
+    mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: prefixes.append(kw["prefix"]) or mkstemp(**kw))
+    paths.write_json(tmp_path / "status.json", {"state": "running"})
+    assert prefixes == [f".status.json.{os.getpid()}."] and not list(tmp_path.glob(".*"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cut_short = tmp_path / f".status.json.{dead.pid}.k2x_9q0a.tmp"
+    live = tmp_path / f".status.json.{os.getpid()}.p0m1n2b3.tmp"
+    partial = tmp_path / ".kd-q8_0.gguf.tmp"
+    for path in (cut_short, live, partial):
+        path.write_text("{")
+    assert paths.writer_pid(cut_short) == dead.pid and paths.writer_pid(partial) is None
+    assert leftovers(tmp_path) == sorted([cut_short, partial])

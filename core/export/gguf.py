@@ -310,11 +310,17 @@ def merge_and_convert(cfg: ExportConfig, src: Source, work: Path, f16_path: Path
 
 
 def leftovers(out: Path) -> list[Path]:
-    """Hidden work folders (`.work-*`: the merged model, the f16 GGUF) and partial `.gguf.tmp` files in an export.
-    Not every `.*.tmp`: core.paths' atomic writes (the launcher's `.status.json.*.tmp`) live there for a moment
-    too, and a rerun's clean-up deleting one made the launcher's rename fail."""
+    """Hidden work folders (`.work-*`: the merged model, the f16 GGUF), partial `.gguf.tmp` files, and atomic
+    writes a kill cut short (`.status.json.PID.*.tmp` of a dead pid) in an export. Not a live writer's `.*.tmp`:
+    the launcher's status write lives there for a moment too, and a rerun's clean-up deleting it made the
+    launcher's rename fail."""
+    from core.paths import writer_pid
+
     out = Path(out)
-    return sorted([*out.glob(".work-*"), *out.glob(".*.gguf.tmp")]) if out.is_dir() else []
+    if not out.is_dir():
+        return []
+    cut_short = [p for p in out.glob(".*.tmp") if (pid := writer_pid(p)) and not jobs.pid_alive(pid)]
+    return sorted({*out.glob(".work-*"), *out.glob(".*.gguf.tmp"), *cut_short})
 
 
 def clean_leftovers(out: Path, own_job: bool = False) -> list[str]:
