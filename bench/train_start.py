@@ -198,14 +198,14 @@ def tokenise_all(dataset: str) -> tuple[float, int]:
     from core.paths import iris_home
     from core.train import backends
     from core.train.config import load_preset
-    from core.train.tokens import RowSource, cache_root
+    from core.train.tokens import RowSource, cache_key, cache_root
 
     cfg = load_preset("cpu_quick_smollm2")
     tokenizer = AutoTokenizer.from_pretrained(models.resolve(cfg.base_model))
     backends.set_training_template(tokenizer, cfg.assistant_only_loss)
     kept, t0 = iris_home() / "bench-full-tokens", time.time()
     for split in ("train", "eval"):
-        key = RowSource(dataset, split, tokenizer, cfg.max_seq_length, cfg.assistant_only_loss).key
+        key = cache_key(dataset, split, tokenizer, cfg.max_seq_length, cfg.assistant_only_loss)
         if (kept / key).exists():
             shutil.copytree(kept / key, cache_root() / key, dirs_exist_ok=True)
         RowSource(dataset, split, tokenizer, cfg.max_seq_length, cfg.assistant_only_loss).full_dataset()

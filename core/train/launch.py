@@ -17,12 +17,16 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from core import jobs
 from core.errors import IrisError
 from core.train.warm import warm_dir, warm_enabled
+
+if TYPE_CHECKING:
+    from core.train.estimate import Device
 
 PORT = 29500  # torch.distributed's usual rendezvous port
 LAUNCH_DIR = "launch"
@@ -51,22 +55,23 @@ def torchrun_argv(args: list[str], per_host: int, hosts: int = 1, rank: int = 0,
 KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=17179869184"
 
 
-def job_env() -> dict[str, str]:
-    """Environment a training process gets on this machine, besides the caller's: on CPU, KEEP_FREED_MEMORY
-    (read by glibc when the process starts; other C libraries ignore it)."""
+def job_env(device: Device | None = None) -> dict[str, str]:
+    """Environment a training process gets on `device` (this machine's, looked up when not given), besides the
+    caller's: on CPU, KEEP_FREED_MEMORY (read by glibc when the process starts; other C libraries ignore it)."""
     from core.train.estimate import detect_device
 
-    if detect_device().kind != "cpu":
+    if (device or detect_device()).kind != "cpu":
         return {}
     current = os.environ.get("GLIBC_TUNABLES")
     return {"GLIBC_TUNABLES": f"{current}:{KEEP_FREED_MEMORY}" if current else KEEP_FREED_MEMORY}
 
 
-def launcher_argv(*args: str) -> tuple[list[str], int]:
-    """(argv, processes) for this machine: alone, one DDP process per visible GPU, or IRIS_CPU_PROCESSES."""
+def launcher_argv(*args: str, device: Device | None = None) -> tuple[list[str], int]:
+    """(argv, processes) for `device` (this machine's, looked up when not given): alone, one DDP process per
+    visible GPU, or IRIS_CPU_PROCESSES."""
     from core.train.estimate import detect_device
 
-    device = detect_device()
+    device = device or detect_device()
     if device.kind == "cuda" and device.count > 1:
         argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                 f"--num_processes={device.count}", "--num_machines=1", "--mixed_precision=bf16",

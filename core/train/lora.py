@@ -52,12 +52,14 @@ def start(cfg: TrainConfig) -> Path:
 def launch_job(run_dir: Path, *args: str) -> int:
     """`python -m core.train ARGS` for this run: handed to a warm process when one is ready (its imports done:
     core.train.launch), else a new one. Returns the pid."""
+    from core.train.estimate import detect_device
     from core.train.launch import claim_warm, job_env, launch_warm
 
-    argv, processes = launcher_argv(*args)
+    device = detect_device()  # once: on a GPU host it runs nvidia-smi
+    argv, processes = launcher_argv(*args, device=device)
     warm = claim_warm() if processes == 1 else None
     pid = (launch_warm(run_dir, warm, list(args), LOG) if warm
-           else jobs.launch(run_dir, argv, log_name=LOG, env=job_env()))
+           else jobs.launch(run_dir, argv, log_name=LOG, env=job_env(device)))
     phase = "handing over to a warm process" if warm else "starting Python"
     jobs.update_status(run_dir, processes=processes, phase=phase, phase_times={phase: 0.0})
     return pid
